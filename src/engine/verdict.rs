@@ -1,0 +1,107 @@
+//! What the engine says about a body: per-record verdicts, issues, fixes, and the memory hook.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use crate::config::{Field, Level};
+
+/// The result of inspecting one body.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub outcome: Outcome,
+    /// The body to send: the input buffer itself when nothing changed.
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// One verdict per record found.
+    Checked(Vec<RecordVerdict>),
+    /// Nothing could be checked, and the body is untouched.
+    Skipped(SkipReason),
+}
+
+/// Why a body could not be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Not valid JSON (truncated, invalid UTF-8, too deep, ...).
+    Unparseable,
+    /// Valid JSON, but the route's record pointer matches no object.
+    NoRecord,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Unparseable => "unparseable",
+            SkipReason::NoRecord => "no_record",
+        }
+    }
+}
+
+/// The verdict on one task record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordVerdict {
+    pub task_id: Option<String>,
+    /// Worst level among `issues`; `Consistent` when there are none.
+    pub level: Level,
+    pub issues: Vec<Issue>,
+    /// Fixes applied (empty in observe mode).
+    pub fixes: Vec<Fix>,
+    /// The record's fields as sent to the client.
+    pub sent: RecordState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub rule: Arc<str>,
+    pub level: Level,
+    pub message: String,
+}
+
+/// One replaced value; `before` and `after` are raw JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fix {
+    pub rule: Arc<str>,
+    pub field: Field,
+    pub before: String,
+    pub after: String,
+}
+
+/// The task fields of a record, as far as they are present and of the expected type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordState {
+    pub status: Option<String>,
+    pub stage: Option<String>,
+    pub progress: Option<f64>,
+    pub is_completed: Option<bool>,
+}
+
+/// A finding of the cross-poll memory about one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionFinding {
+    pub rule: Arc<str>,
+    pub level: Level,
+    pub message: String,
+    /// A proposed value; applied only if no single-record rule fires on the result.
+    pub fix: Option<(Field, serde_json::Value)>,
+}
+
+/// Memory across responses; the engine calls it once per record that has a task id.
+pub trait TransitionJudge {
+    /// `state` is the record as it would be sent after single-record fixes.
+    fn judge(&mut self, task_id: &str, state: &RecordState) -> Vec<TransitionFinding>;
+    /// The state actually sent (after every accepted fix; the original in observe mode).
+    fn remember(&mut self, task_id: &str, sent: &RecordState);
+}
+
+/// A judge for untracked routes: finds nothing, remembers nothing.
+pub struct NoMemory;
+
+impl TransitionJudge for NoMemory {
+    fn judge(&mut self, _: &str, _: &RecordState) -> Vec<TransitionFinding> {
+        Vec::new()
+    }
+    fn remember(&mut self, _: &str, _: &RecordState) {}
+}
