@@ -1,8 +1,23 @@
 //! consistency-sidecar: a reverse proxy that keeps task-status responses from contradicting themselves.
 //!
 //! # Layout
+//! - `cli`: clap types and dispatch of the subcommands.
 //! - `config`: the TOML schema, built-in defaults for the legacy backend, validation.
+//! - `settings`: the configuration compiled once at start (rules, routes, typed values).
+//! - `logging`: `tracing` subscriber, `RUST_LOG`, text or JSON.
+//! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
+//! - `inspect_cmd`: the `inspect` subcommand over the engine.
+//! - `server`: listener, tower stack, graceful shutdown.
+//! - `report`: the consistency report.
+//! - `demo`: the self-contained demo.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
+pub mod inspect_cmd;
+pub mod logging;
+pub mod report;
+pub mod server;
+pub mod settings;
