@@ -8,10 +8,12 @@
 //! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
 //! - `inspect_cmd`: the `inspect` subcommand over the engine.
 //! - `server`: listener, tower stack, graceful shutdown.
-//! - `report`: the consistency report.
+//! - `report`: the consistency report (seed layout), text and JSON.
+//! - `admin_client`: a small HTTP GET for the `report` command.
 //! - `demo`: the self-contained demo.
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -1,7 +1,197 @@
-//! Placeholder until in-flight inspection lands: the consistency report.
+//! The consistency report, in the layout of the seed's in-process monitor report.
+//!
+//! `ReportBook` is fed once per checked record by the inspection layer and read by the admin
+//! server (`/report`, `/report.json`), the periodic report log and `consistency-sidecar report`.
 
+use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
-pub fn print_remote(_args: &crate::cli::ReportArgs) -> ExitCode {
-    ExitCode::FAILURE
+use serde::{Deserialize, Serialize};
+
+use crate::config::Level;
+use crate::engine::RecordVerdict;
+
+/// One issue as the report lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentIssue {
+    pub at: String,
+    pub route: String,
+    pub task_id: Option<String>,
+    pub rule: String,
+    pub level: Level,
+    pub message: String,
 }
+
+/// Counters since start and the most recent issues.
+#[derive(Debug)]
+pub struct ReportBook {
+    levels: [AtomicU64; 4],
+    issues: AtomicU64,
+    recent: Mutex<VecDeque<RecentIssue>>,
+    keep: usize,
+}
+
+/// A point-in-time copy of the book, serialisable as `/report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub total_checks: u64,
+    pub issues_found: u64,
+    pub critical_issues: u64,
+    /// consistent ÷ checked; 1 with no checks.
+    pub consistency_ratio: f64,
+    pub levels: LevelCounts,
+    pub recent_issues: Vec<RecentIssue>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelCounts {
+    pub consistent: u64,
+    pub minor_issue: u64,
+    pub major_issue: u64,
+    pub critical: u64,
+}
+
+// === impl ReportBook ===
+
+impl ReportBook {
+    /// `keep`: how many recent issues are listed.
+    pub fn new(keep: usize) -> Self {
+        ReportBook {
+            levels: Default::default(),
+            issues: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(keep)),
+            keep,
+        }
+    }
+
+    /// Counts one checked record; its issues join the recent list.
+    pub fn record(&self, route: &str, verdict: &RecordVerdict) {
+        self.levels[verdict.level as usize].fetch_add(1, Ordering::Relaxed);
+        if verdict.issues.is_empty() || self.keep == 0 {
+            return;
+        }
+        self.issues
+            .fetch_add(verdict.issues.len() as u64, Ordering::Relaxed);
+        let at = now_rfc3339();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for issue in &verdict.issues {
+            if recent.len() == self.keep {
+                recent.pop_front();
+            }
+            recent.push_back(RecentIssue {
+                at: at.clone(),
+                route: route.to_string(),
+                task_id: verdict.task_id.clone(),
+                rule: issue.rule.to_string(),
+                level: issue.level,
+                message: issue.message.clone(),
+            });
+        }
+    }
+
+    pub fn snapshot(&self) -> Report {
+        let count = |level: Level| self.levels[level as usize].load(Ordering::Relaxed);
+        let levels = LevelCounts {
+            consistent: count(Level::Consistent),
+            minor_issue: count(Level::MinorIssue),
+            major_issue: count(Level::MajorIssue),
+            critical: count(Level::Critical),
+        };
+        let total = levels.consistent + levels.minor_issue + levels.major_issue + levels.critical;
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        Report {
+            generated_at: now_rfc3339(),
+            total_checks: total,
+            issues_found: self.issues.load(Ordering::Relaxed),
+            critical_issues: levels.critical,
+            consistency_ratio: ratio(levels.consistent, total),
+            levels,
+            recent_issues: recent.iter().rev().cloned().collect(),
+        }
+    }
+}
+
+/// consistent ÷ checked, 1 when nothing was checked (no evidence of inconsistency).
+pub fn ratio(consistent: u64, checked: u64) -> f64 {
+    if checked == 0 {
+        1.0
+    } else {
+        consistent as f64 / checked as f64
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+// === impl Report ===
+
+impl Report {
+    /// The seed monitor's text layout, in English.
+    pub fn to_text(&self) -> String {
+        let rule = "=".repeat(60);
+        let mut out = String::new();
+        let _ = writeln!(out, "{rule}\nState consistency report\n{rule}");
+        let _ = writeln!(out, "Generated at: {}\n", self.generated_at);
+        let _ = writeln!(out, "Statistics:");
+        let _ = writeln!(out, "  Total checks: {}", self.total_checks);
+        let _ = writeln!(out, "  Issues found: {}", self.issues_found);
+        let _ = writeln!(out, "  Critical issues: {}", self.critical_issues);
+        let _ = writeln!(
+            out,
+            "  Consistency ratio: {:.2}%\n",
+            self.consistency_ratio * 100.0
+        );
+        let _ = writeln!(out, "Level distribution:");
+        let l = &self.levels;
+        for (name, n) in [
+            ("consistent", l.consistent),
+            ("minor_issue", l.minor_issue),
+            ("major_issue", l.major_issue),
+            ("critical", l.critical),
+        ] {
+            let _ = writeln!(out, "  {name}: {n}");
+        }
+        let _ = writeln!(out, "\nRecent issues (newest first):");
+        if self.recent_issues.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+        for issue in &self.recent_issues {
+            let _ = writeln!(
+                out,
+                "  - [{}] task_id={} {}: {} ({})",
+                issue.level,
+                issue.task_id.as_deref().unwrap_or("-"),
+                issue.rule,
+                issue.message,
+                issue.route
+            );
+        }
+        let _ = writeln!(out, "\n{rule}");
+        out
+    }
+}
+
+/// `consistency-sidecar report`: fetches `/report` or `/report.json` from a running sidecar.
+pub fn print_remote(args: &crate::cli::ReportArgs) -> ExitCode {
+    let path = if args.json { "/report.json" } else { "/report" };
+    let url = format!("{}{path}", args.admin.trim_end_matches('/'));
+    match crate::admin_client::get_text(&url) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("consistency-sidecar: cannot fetch {url}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -66,3 +66,10 @@ fn tracker_rule_override_keeps_unset_keys() {
     let stage = config.tracker.rule(TransitionKind::StageRegression);
     assert_eq!((stage.enabled, stage.level, stage.fix), (true, Level::MajorIssue, false));
 }
+
+#[test]
+fn shipped_config_file_is_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sidecar.toml");
+    let shipped = load(Some(&path)).expect("config/sidecar.toml is valid");
+    assert_eq!(shipped.to_toml(), Config::default().to_toml());
+}
