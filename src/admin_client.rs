@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 GET for the `report` command, over hyper's pooled client.
+//! A minimal HTTP/1.1 GET for the `report` and `demo` commands, over hyper's client.
 
 use std::time::Duration;
 
@@ -13,19 +13,21 @@ pub fn get_text(url: &str) -> Result<String, BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let uri: http::Uri = url.parse()?;
-        let client = Client::builder(TokioExecutor::new())
-            .build_http::<Empty<bytes::Bytes>>();
-        let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
-            .await
-            .map_err(|_| "timed out after 10s")??;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        let text = String::from_utf8_lossy(&body).into_owned();
-        if !status.is_success() {
-            return Err(format!("HTTP {status}: {text}").into());
-        }
-        Ok(text)
-    })
+    runtime.block_on(fetch_text(url))
+}
+
+/// The async form of [`get_text`], for callers already inside a runtime.
+pub async fn fetch_text(url: &str) -> Result<String, BoxError> {
+    let uri: http::Uri = url.parse()?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+        .await
+        .map_err(|_| "timed out after 10s")??;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {text}").into());
+    }
+    Ok(text)
 }

@@ -6,7 +6,9 @@
 //! - `settings`: the configuration compiled once at start (rules, routes, typed values).
 //! - `logging`: `tracing` subscriber, `RUST_LOG`, text or JSON.
 //! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
+//! - `inspection`: the tower layer that runs the engine on responses in flight, with metrics.
 //! - `inspect_cmd`: the `inspect` subcommand over the engine.
+//! - `tracker`: task memory across polls, judging each response against what was last sent for the task.
 //! - `server`: listener, tower stack, graceful shutdown.
 //! - `report`: the consistency report (seed layout), text and JSON.
 //! - `admin_client`: a small HTTP GET for the `report` command.
@@ -18,8 +20,12 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod inspection;
 pub mod inspect_cmd;
 pub mod logging;
+pub mod metrics;
 pub mod report;
+pub mod routes;
 pub mod server;
 pub mod settings;
+pub mod tracker;

@@ -1,4 +1,4 @@
-//! Placeholder until in-flight inspection lands: the demo.
+//! Placeholder until the proxy core lands: the demo.
 
 use std::process::ExitCode;
 

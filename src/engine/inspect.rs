@@ -1,0 +1,282 @@
+//! [`inspect`]: scan the body, check each record, fix to a fixpoint, ask the transition judge,
+//! and patch only the bytes of changed values.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::Mode;
+
+use super::json::{self, Kind, RecordSpans, ValueSpan};
+use super::route::RouteSpec;
+use super::rules::RuleSet;
+use super::value::{record_state, slot_of, Slot, State, Val, FIELDS};
+use super::verdict::{
+    Fix, Inspection, Issue, Level, Outcome, RecordVerdict, SkipReason, TransitionFinding,
+    TransitionJudge,
+};
+
+/// Rule name of the issue raised when a rule set's fixes keep changing a record.
+pub const FIX_NOT_CONVERGING: &str = "fix_not_converging";
+
+/// Checks every record of `body` against `rules`; in fix mode returns the patched body.
+///
+/// The returned body is `body` itself (same buffer) when nothing changed. Records with a task id
+/// are shown to `judge` after the single-record fixes, and what is sent is remembered.
+pub fn inspect(
+    rules: &RuleSet,
+    route: &RouteSpec,
+    body: &Bytes,
+    judge: &mut dyn TransitionJudge,
+) -> Inspection {
+    let skipped = |reason| Inspection {
+        outcome: Outcome::Skipped(reason),
+        body: body.clone(),
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return skipped(SkipReason::Unparseable);
+    };
+    let Ok(records) = json::scan(text, route) else {
+        return skipped(SkipReason::Unparseable);
+    };
+    if records.is_empty() {
+        return skipped(SkipReason::NoRecord);
+    }
+    let fix = route.mode() == Mode::Fix;
+    let mut edits = Vec::new();
+    let verdicts = records
+        .iter()
+        .map(|rec| check_record(rules, text, rec, fix, judge, &mut edits))
+        .collect();
+    let body = if edits.is_empty() {
+        body.clone()
+    } else {
+        patch(body, edits)
+    };
+    Inspection {
+        outcome: Outcome::Checked(verdicts),
+        body,
+    }
+}
+
+/// Replace `start..end` with `text`.
+struct Edit {
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+fn check_record(
+    rules: &RuleSet,
+    text: &str,
+    rec: &RecordSpans,
+    fix: bool,
+    judge: &mut dyn TransitionJudge,
+    edits: &mut Vec<Edit>,
+) -> RecordVerdict {
+    let original: State<'_> =
+        std::array::from_fn(|i| rec.fields[i].last.map(|span| slot_at(text, &span)));
+    let task_id = rec.task_id.map(|(_, span)| match span.kind {
+        Kind::Str => json::string_text(text, &span).into_owned(),
+        _ => text.get(span.start..span.end).unwrap_or("").to_owned(),
+    });
+    let mut issues = Vec::new();
+    let mut fixes = Vec::new();
+    let mut state = original.clone();
+    if !fix_to_fixpoint(rules, &mut state, fix, &mut issues, &mut fixes) {
+        // A rule set whose fixes keep changing the record: send it as it came, and say so.
+        state = original.clone();
+        let mut names: Vec<&str> = fixes.iter().map(|f| &*f.rule).collect();
+        names.sort_unstable();
+        names.dedup();
+        let names = names.join(", ");
+        fixes.clear();
+        issues.push(Issue {
+            rule: FIX_NOT_CONVERGING.into(),
+            level: worst(&issues),
+            message: format!(
+                "fixes of {names} do not settle within {} rounds; record left unfixed",
+                rules.len() + 1
+            ),
+        });
+    }
+    let sent = match &task_id {
+        Some(id) => judge_transitions(rules, id, &mut state, fix, judge, &mut issues, &mut fixes),
+        None => record_state(&state),
+    };
+    if fix {
+        for (slot, spans) in rec.fields.iter().enumerate() {
+            let (Some(span), Some(now)) = (spans.last, &state[slot]) else {
+                continue;
+            };
+            if text.get(span.start..span.end) != Some(&*now.raw) {
+                // A duplicated key is rewritten everywhere, whichever occurrence a client reads.
+                for s in spans.earlier.iter().chain(std::iter::once(&span)) {
+                    edits.push(Edit {
+                        start: s.start,
+                        end: s.end,
+                        text: now.raw.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    RecordVerdict {
+        task_id,
+        level: worst(&issues),
+        issues,
+        fixes,
+        sent,
+    }
+}
+
+fn worst(issues: &[Issue]) -> Level {
+    issues.iter().map(|i| i.level).max().unwrap_or(Level::Consistent)
+}
+
+/// Reports every rule that fires on the record or on any intermediate fixed state (once each),
+/// and in fix mode applies fixes until nothing fixable fires. Returns false if it does not settle
+/// within `rules + 1` rounds (a rule set whose fixes oscillate or cannot clear their own rule).
+fn fix_to_fixpoint<'a>(
+    rules: &'a RuleSet,
+    state: &mut State<'a>,
+    fix: bool,
+    issues: &mut Vec<Issue>,
+    fixes: &mut Vec<Fix>,
+) -> bool {
+    let mut reported: Vec<usize> = Vec::new();
+    for _ in 0..=rules.len() {
+        let mut changed = false;
+        let mut stuck = false;
+        for (i, rule) in rules.rules.iter().enumerate() {
+            if !rules.fires(rule, state) {
+                continue;
+            }
+            if !reported.contains(&i) {
+                reported.push(i);
+                issues.push(Issue {
+                    rule: rule.name.clone(),
+                    level: rule.level,
+                    message: rule.message(state),
+                });
+            }
+            if !fix {
+                continue;
+            }
+            for (slot, value) in &rule.fix {
+                let Some(current) = &state[*slot] else {
+                    continue;
+                };
+                if current.val.same(&value.val) {
+                    stuck = true;
+                    continue;
+                }
+                fixes.push(Fix {
+                    rule: rule.name.clone(),
+                    field: FIELDS[*slot],
+                    before: current.raw.to_string(),
+                    after: value.raw.to_string(),
+                });
+                state[*slot] = Some(value.borrowed());
+                changed = true;
+            }
+        }
+        if !changed {
+            // Nothing changed, so every fixable rule that fired had nothing left to change.
+            return !stuck;
+        }
+    }
+    false
+}
+
+/// Shows the fixed state to the judge, applies the fixes it proposes that the single-record
+/// rules accept, remembers what is sent, and returns it.
+fn judge_transitions(
+    rules: &RuleSet,
+    task_id: &str,
+    state: &mut State<'_>,
+    fix: bool,
+    judge: &mut dyn TransitionJudge,
+    issues: &mut Vec<Issue>,
+    fixes: &mut Vec<Fix>,
+) -> super::verdict::RecordState {
+    let mut sent = record_state(state);
+    let findings = judge.judge(task_id, &sent);
+    if !findings.is_empty() {
+        let mut accepted = false;
+        for finding in findings {
+            let TransitionFinding {
+                rule,
+                level,
+                message,
+                fix: proposal,
+            } = finding;
+            issues.push(Issue {
+                rule: Arc::clone(&rule),
+                level,
+                message,
+            });
+            let (true, Some((field, value))) = (fix, proposal) else {
+                continue;
+            };
+            let slot = slot_of(field);
+            let new = Slot::from_json(&value);
+            let before = match &state[slot] {
+                Some(current) if !current.val.same(&new.val) => current.raw.to_string(),
+                // Absent fields are never inserted; an equal value needs no fix.
+                _ => continue,
+            };
+            let mut tentative = state.clone();
+            tentative[slot] = Some(new.clone());
+            let base = rules.firing(state);
+            if rules.firing(&tentative).iter().all(|i| base.contains(i)) {
+                fixes.push(Fix {
+                    rule,
+                    field,
+                    before,
+                    after: new.raw.to_string(),
+                });
+                *state = tentative;
+                accepted = true;
+            }
+        }
+        if accepted {
+            sent = record_state(state);
+        }
+    }
+    judge.remember(task_id, &sent);
+    sent
+}
+
+fn slot_at<'a>(text: &'a str, span: &ValueSpan) -> Slot<'a> {
+    let raw = text.get(span.start..span.end).unwrap_or("");
+    let val = match span.kind {
+        Kind::Str => Val::Str(json::string_text(text, span)),
+        Kind::Num => raw
+            .parse::<f64>()
+            .map_or(Val::Composite(Cow::Borrowed(raw)), Val::Num),
+        Kind::Bool(b) => Val::Bool(b),
+        Kind::Null => Val::Null,
+        Kind::Object | Kind::Array => Val::Composite(Cow::Borrowed(raw)),
+    };
+    Slot {
+        raw: Cow::Borrowed(raw),
+        val,
+    }
+}
+
+/// Copies `body` with the edits applied; edits never overlap (distinct keys, disjoint records).
+fn patch(body: &Bytes, mut edits: Vec<Edit>) -> Bytes {
+    edits.sort_unstable_by_key(|e| e.start);
+    let grow: usize = edits.iter().map(|e| e.text.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + grow);
+    let mut at = 0;
+    for edit in &edits {
+        out.extend_from_slice(&body[at..edit.start]);
+        out.extend_from_slice(edit.text.as_bytes());
+        at = edit.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    Bytes::from(out)
+}

@@ -1,0 +1,373 @@
+//! In-flight inspection: the tower layer that runs the engine on status responses.
+//!
+//! The layer is glue. It decides whether a response is worth inspecting (configured route, 2xx,
+//! JSON, declared size), holds the body within the limit, decodes it, asks the engine, records
+//! metrics and the report, and rebuilds the response. Anything it cannot handle streams through
+//! as it came, and is counted.
+
+mod body;
+mod decode;
+mod layer;
+mod metrics;
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+
+pub use body::InspectBody;
+pub use decode::{Coding, DecodeError};
+pub use layer::{InspectLayer, InspectService};
+pub use metrics::{RouteCounters, Skip};
+
+use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet};
+use crate::metrics::Metrics;
+use crate::report::ReportBook;
+use crate::settings::Settings;
+use crate::tracker::TaskTracker;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Headers that vouch for the exact bytes of a body; a patched body must not carry them.
+const BODY_DIGESTS: [&str; 4] = ["content-md5", "digest", "content-digest", "repr-digest"];
+
+/// The response header naming the rules whose fixes were applied (off unless configured).
+pub const FIXED_HEADER: &str = "x-consistency-fixed";
+
+/// Everything inspection needs, shared by every connection.
+#[derive(Debug)]
+pub struct Inspector {
+    routes: Vec<InspectedRoute>,
+    rules: Arc<RuleSet>,
+    tracker: Arc<TaskTracker>,
+    metrics: Arc<Metrics>,
+    book: Arc<ReportBook>,
+    max_body_bytes: usize,
+    max_decoded_bytes: usize,
+    fixed_header: bool,
+}
+
+#[derive(Debug)]
+struct InspectedRoute {
+    name: String,
+    spec: RouteSpec,
+    track: bool,
+    counters: RouteCounters,
+}
+
+/// What was read of a body while deciding.
+enum Held<B> {
+    /// The whole body (and its trailers).
+    Complete(Bytes, Option<HeaderMap>),
+    /// The limit was passed: what was read, and the unread rest.
+    Overflow(VecDeque<Frame<Bytes>>, B),
+    /// The upstream failed mid-body: what was read, and the failure.
+    Failed(VecDeque<Frame<Bytes>>, BoxError),
+}
+
+// === impl Inspector ===
+
+impl Inspector {
+    pub fn new(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        tracker: Arc<TaskTracker>,
+        book: Arc<ReportBook>,
+    ) -> Inspector {
+        let config = &settings.config;
+        let routes = config
+            .routes
+            .iter()
+            .zip(&settings.route_specs)
+            .enumerate()
+            .map(|(index, (route, spec))| InspectedRoute {
+                name: route.name.clone(),
+                spec: spec.clone(),
+                track: route.track,
+                counters: RouteCounters::resolve(&metrics, settings, index),
+            })
+            .collect();
+        Inspector {
+            routes,
+            rules: settings.rules.clone(),
+            tracker,
+            metrics,
+            book,
+            max_body_bytes: config.inspect.max_body_bytes,
+            max_decoded_bytes: config.inspect.max_decoded_bytes,
+            fixed_header: config.inspect.fixed_header,
+        }
+    }
+
+    /// Inspects the response of configured route `route` to a `method` request.
+    pub async fn respond<B>(
+        self: Arc<Self>,
+        route: usize,
+        method: &Method,
+        response: Response<B>,
+    ) -> Response<InspectBody<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let Some(target) = self.routes.get(route) else {
+            return response.map(InspectBody::passthrough);
+        };
+        let status = response.status();
+        // Only a successful response with a body carries a status record.
+        if *method == Method::HEAD
+            || !status.is_success()
+            || matches!(status.as_u16(), 204 | 205 | 206)
+        {
+            return response.map(InspectBody::passthrough);
+        }
+        let skip = |reason: Skip, response: Response<B>| {
+            target.counters.skip(reason);
+            tracing::debug!(route = %target.name, reason = reason.as_str(), "response not inspected");
+            response.map(InspectBody::passthrough)
+        };
+        if !is_json(response.headers()) {
+            return skip(Skip::NotJson, response);
+        }
+        if declared_length(response.headers()).is_some_and(|n| n > self.max_body_bytes as u64) {
+            return skip(Skip::TooLarge, response);
+        }
+        let Some(coding) =
+            Coding::from_header(response.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()))
+        else {
+            return skip(Skip::Encoding, response);
+        };
+
+        let (mut head, body) = response.into_parts();
+        let (raw, trailers) = match hold(body, self.max_body_bytes).await {
+            Held::Complete(raw, trailers) => (raw, trailers),
+            Held::Overflow(held, rest) => {
+                target.counters.skip(Skip::TooLarge);
+                return Response::from_parts(head, InspectBody::replay(held, Some(rest), None));
+            }
+            Held::Failed(held, failure) => {
+                return Response::from_parts(head, InspectBody::replay(held, None, Some(failure)));
+            }
+        };
+        let replay = |head, raw: Bytes, trailers: Option<HeaderMap>| {
+            let mut held = VecDeque::with_capacity(2);
+            if !raw.is_empty() {
+                held.push_back(Frame::data(raw));
+            }
+            if let Some(trailers) = trailers {
+                held.push_back(Frame::trailers(trailers));
+            }
+            Response::from_parts(head, InspectBody::replay(held, None, None))
+        };
+
+        let (decoded, coding) = match coding.decode(&raw, self.max_decoded_bytes) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                let reason = match err {
+                    DecodeError::TooLarge => Skip::TooLarge,
+                    DecodeError::Corrupt => Skip::Encoding,
+                };
+                target.counters.skip(reason);
+                return replay(head, raw, trailers);
+            }
+        };
+
+        let Some(inspection) = self.run_engine(route, target, &decoded) else {
+            target.counters.skip(Skip::Error);
+            return replay(head, raw, trailers);
+        };
+        let records = match &inspection.outcome {
+            Outcome::Skipped(reason) => {
+                let skip = match reason {
+                    engine::SkipReason::Unparseable => Skip::Unparseable,
+                    engine::SkipReason::NoRecord => Skip::NoRecord,
+                };
+                target.counters.skip(skip);
+                return replay(head, raw, trailers);
+            }
+            Outcome::Checked(records) => records,
+        };
+        self.account(target, records);
+
+        let unchanged = inspection.body.len() == decoded.len()
+            && inspection.body.as_ptr() == decoded.as_ptr();
+        if unchanged {
+            return replay(head, raw, trailers);
+        }
+        let patched = match coding.encode(&inspection.body) {
+            Ok(patched) => patched,
+            Err(err) => {
+                tracing::warn!(route = %target.name, error = %err, "re-encoding a patched body failed; sending the original");
+                target.counters.skip(Skip::Error);
+                return replay(head, raw, trailers);
+            }
+        };
+        rewrite_head(&mut head.headers, patched.len(), self.fixed_header.then_some(records));
+        replay(head, patched, trailers)
+    }
+
+    /// Runs the engine; a panic inside it is caught, logged and reported as `None`.
+    fn run_engine(&self, route: usize, target: &InspectedRoute, body: &Bytes) -> Option<Inspection> {
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if target.track {
+                let mut memory = self.tracker.judge_for(route as u16);
+                engine::inspect(&self.rules, &target.spec, body, &mut memory)
+            } else {
+                engine::inspect(&self.rules, &target.spec, body, &mut NoMemory)
+            }
+        }));
+        self.metrics
+            .inspect_duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(inspection) => Some(inspection),
+            Err(_) => {
+                tracing::error!(route = %target.name, "inspection panicked; response passed through unchanged");
+                None
+            }
+        }
+    }
+
+    /// Counts, logs and reports the verdicts of one body.
+    fn account(&self, target: &InspectedRoute, records: &[RecordVerdict]) {
+        let counters = &target.counters;
+        let route = target.name.as_str();
+        for record in records {
+            counters.checks.inc();
+            counters.results[record.level as usize].inc();
+            let task_id = record.task_id.as_deref().unwrap_or("-");
+            for issue in &record.issues {
+                counters.issue(&self.metrics, &issue.rule, issue.level);
+                tracing::warn!(task_id, route, rule = %issue.rule, level = %issue.level, message = %issue.message, "consistency issue");
+            }
+            for fix in &record.fixes {
+                counters.fix(&self.metrics, &fix.rule);
+                tracing::info!(task_id, route, rule = %fix.rule, field = %fix.field, before = %fix.before, after = %fix.after, "consistency fix applied");
+            }
+            self.book.record(route, record);
+        }
+        counters.update_ratio();
+        self.metrics.tracked_tasks.set(self.tracker.tracked() as i64);
+    }
+
+}
+
+/// Reads the body until its end or past `limit` bytes, whichever comes first.
+async fn hold<B>(mut body: B, limit: usize) -> Held<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut read = 0usize;
+    let mut trailers = None;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(err)) => return Held::Failed(frames, err.into()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len();
+                }
+                match frame.into_trailers() {
+                    Ok(t) => trailers = Some(t),
+                    Err(frame) => frames.push_back(frame),
+                }
+                if read > limit {
+                    if let Some(t) = trailers.take() {
+                        frames.push_back(Frame::trailers(t));
+                    }
+                    return Held::Overflow(frames, body);
+                }
+            }
+        }
+    }
+    let data: Vec<Bytes> = frames.into_iter().filter_map(|f| f.into_data().ok()).collect();
+    let whole = match data.len() {
+        0 => Bytes::new(),
+        1 => data.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(read);
+            for chunk in data {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    };
+    Held::Complete(whole, trailers)
+}
+
+/// `application/json` or any `+json` type, parameters aside.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Headers of a patched response: its new length, a weak ETag, no digests of the old bytes.
+fn rewrite_head(headers: &mut HeaderMap, length: usize, fixed: Option<&[RecordVerdict]>) {
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    if let Some(etag) = headers.get(header::ETAG) {
+        // The representation changed, so a strong validator no longer holds; a weak one does.
+        let weak = match etag.as_bytes() {
+            [b'W', b'/', ..] => None,
+            strong => {
+                let mut value = b"W/".to_vec();
+                value.extend_from_slice(strong);
+                HeaderValue::from_bytes(&value).ok()
+            }
+        };
+        match weak {
+            Some(weak) => {
+                headers.insert(header::ETAG, weak);
+            }
+            None if etag.as_bytes().starts_with(b"W/") => {}
+            None => {
+                headers.remove(header::ETAG);
+            }
+        }
+    }
+    for name in BODY_DIGESTS {
+        headers.remove(name);
+    }
+    if let Some(records) = fixed {
+        let mut rules: Vec<&str> = records
+            .iter()
+            .flat_map(|r| r.fixes.iter().map(|f| &*f.rule))
+            .collect();
+        rules.sort_unstable();
+        rules.dedup();
+        if let Ok(value) = HeaderValue::from_str(&rules.join(",")) {
+            headers.insert(FIXED_HEADER, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! Unit tests for the metric families and their pre-initialised label sets.
+
+use super::*;
+use crate::config::Config;
+
+fn metrics() -> Metrics {
+    let settings = Settings::compile(Config::default()).expect("defaults compile");
+    Metrics::new(&settings)
+}
+
+fn text(m: &Metrics) -> String {
+    String::from_utf8(m.encode()).expect("utf-8")
+}
+
+#[test]
+fn every_family_of_the_design_is_registered() {
+    let text = text(&metrics());
+    for family in [
+        "consistency_proxy_requests_total",
+        "consistency_proxy_request_duration_seconds",
+        "consistency_proxy_upstream_errors_total",
+        "consistency_proxy_load_shed_total",
+        "consistency_proxy_inflight_requests",
+        "consistency_build_info",
+        "consistency_checks_total",
+        "consistency_results_total",
+        "consistency_issues_total",
+        "consistency_fixes_total",
+        "consistency_skipped_total",
+        "consistency_ratio",
+        "consistency_inspect_duration_seconds",
+        "consistency_tracked_tasks",
+        "consistency_tracker_evictions_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing");
+    }
+    #[cfg(target_os = "linux")]
+    assert!(text.contains("process_resident_memory_bytes"));
+}
+
+#[test]
+fn configured_label_combinations_exist_at_zero() {
+    let text = text(&metrics());
+    for line in [
+        r#"consistency_proxy_requests_total{code="2xx",method="GET",route="task_status"} 0"#,
+        r#"consistency_proxy_requests_total{code="5xx",method="other",route="other"} 0"#,
+        r#"consistency_proxy_upstream_errors_total{reason="timeout"} 0"#,
+        r#"consistency_results_total{level="critical",route="test_history"} 0"#,
+        r#"consistency_issues_total{level="minor_issue",route="task_status",rule="completed_stage"} 0"#,
+        r#"consistency_issues_total{level="major_issue",route="task_status",rule="stage_regression"} 0"#,
+        r#"consistency_fixes_total{route="task_status",rule="progress_regression"} 0"#,
+        r#"consistency_skipped_total{reason="too_large",route="test_progress"} 0"#,
+        r#"consistency_ratio{route="task_status"} 1"#,
+        r#"consistency_tracker_evictions_total{reason="ttl"} 0"#,
+        r#"consistency_build_info{version=""#,
+    ] {
+        assert!(text.contains(line), "missing: {line}");
+    }
+    // test_history is not tracked: no transition series for it, and no fix series for report-only rules.
+    assert!(!text.contains(r#"route="test_history",rule="stage_regression""#));
+    assert!(!text.contains(r#"consistency_fixes_total{route="task_status",rule="missing_field"}"#));
+}
+
+#[test]
+fn handles_count_into_the_families() {
+    let m = metrics();
+    m.proxy_route(Some(0)).request(method_index(&Method::GET), StatusCode::OK).inc();
+    m.proxy_route(None).request(method_index(&Method::CONNECT), StatusCode::METHOD_NOT_ALLOWED).inc();
+    m.upstream_error(UpstreamErrorReason::Body);
+    let text = text(&m);
+    assert!(text.contains(r#"consistency_proxy_requests_total{code="2xx",method="GET",route="task_status"} 1"#));
+    assert!(text.contains(r#"consistency_proxy_requests_total{code="4xx",method="other",route="other"} 1"#));
+    assert!(text.contains(r#"consistency_proxy_upstream_errors_total{reason="body"} 1"#));
+}
+
+#[test]
+fn code_classes() {
+    assert_eq!(code_index(StatusCode::CONTINUE), 0);
+    assert_eq!(code_index(StatusCode::NOT_MODIFIED), 2);
+    assert_eq!(code_index(StatusCode::from_u16(599).expect("valid")), 4);
+    assert_eq!(code_index(StatusCode::from_u16(999).expect("valid")), 4);
+}
+
+#[test]
+fn upstream_seen_window() {
+    let seen = UpstreamSeen::new();
+    assert!(!seen.within(Duration::from_secs(10)));
+    seen.mark();
+    assert!(seen.within(Duration::from_secs(10)));
+}

@@ -1,0 +1,52 @@
+//! Unit tests for route classification.
+
+use super::*;
+use crate::config::Config;
+
+fn table() -> RouteTable {
+    RouteTable::compile(&Config::default().routes).expect("default routes compile")
+}
+
+fn name(method: Method, path: &str) -> String {
+    table().classify(&method, path).name.to_string()
+}
+
+#[test]
+fn default_routes_match_their_paths() {
+    assert_eq!(name(Method::GET, "/test/status/abc-123"), "task_status");
+    assert_eq!(name(Method::GET, "/api/test-progress"), "test_progress");
+    assert_eq!(name(Method::GET, "/api/test-history"), "test_history");
+    assert_eq!(table().classify(&Method::GET, "/api/test-history").index, Some(2));
+}
+
+#[test]
+fn method_must_match() {
+    assert_eq!(name(Method::POST, "/test/status/abc"), OTHER);
+    assert_eq!(name(Method::HEAD, "/test/status/abc"), OTHER);
+}
+
+#[test]
+fn param_is_exactly_one_nonempty_segment() {
+    assert_eq!(name(Method::GET, "/test/status/"), OTHER);
+    assert_eq!(name(Method::GET, "/test/status"), OTHER);
+    assert_eq!(name(Method::GET, "/test/status/a/b"), OTHER);
+    assert_eq!(name(Method::GET, "/api/test-progress/"), OTHER);
+}
+
+#[test]
+fn percent_encoding_is_matched_as_sent() {
+    // A param segment takes any encoded value; a literal must be spelled as configured.
+    assert_eq!(name(Method::GET, "/test/status/a%2Fb"), "task_status");
+    assert_eq!(name(Method::GET, "/api/test%2Dprogress"), OTHER);
+    assert_eq!(name(Method::GET, "/test//status/x"), OTHER);
+}
+
+#[test]
+fn bad_patterns_name_the_key() {
+    let mut routes = Config::default().routes;
+    routes[1].path = "/api/{}".into();
+    let err = RouteTable::compile(&routes).expect_err("empty param");
+    assert_eq!(err.key, "routes[1].path");
+    routes[1].path = "/api/x{id}".into();
+    assert!(RouteTable::compile(&routes).is_err());
+}

@@ -1,0 +1,286 @@
+//! `TaskTracker`: the sharded, bounded memory of what was sent for each task, per route.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::time::Instant;
+
+use super::shard::{Changes, Clock, Shard};
+use super::transition::Transitions;
+use crate::config::{ModelConfig, TrackerConfig};
+use crate::engine::{RecordState, TransitionFinding, TransitionJudge};
+
+/// Most shards; enough that 64 busy threads rarely meet on one lock.
+const MAX_SHARDS: usize = 32;
+/// Fewest tasks per shard: below it a shard's LRU order would be too coarse a stand-in for
+/// the global one, so small capacities get fewer shards (one below 2,048: exact global LRU).
+const MIN_PER_SHARD: usize = 1024;
+
+/// Why a task was forgotten; `as_str` is the `reason` label of
+/// `consistency_tracker_evictions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvictionReason {
+    /// Its shard was full and it was the least recently seen there.
+    Capacity,
+    /// Not seen for `tracker.ttl`.
+    Ttl,
+}
+
+/// Memory of the last state sent for each (route, task id), shared by every connection.
+///
+/// Keys are spread over up to 32 shards, each a `Mutex` held only inside one `judge` or
+/// `remember` call (never across I/O or `.await`). Each shard has `capacity / shards` of the
+/// capacity (the remainder spread one each), so least-recently-seen eviction is exact within
+/// a shard and approximate across them.
+pub struct TaskTracker {
+    shards: Box<[Mutex<Shard>]>,
+    /// Random keys per process: task ids come from responses, so keep them from choosing shards.
+    hasher: RandomState,
+    transitions: Transitions,
+    capacity: usize,
+    ttl_ms: u64,
+    /// Time zero of the entries' `seen_ms`.
+    epoch: Instant,
+    tracked: AtomicUsize,
+    evicted_capacity: AtomicU64,
+    evicted_ttl: AtomicU64,
+}
+
+/// The tracker as one route's [`TransitionJudge`], for one inspected response.
+///
+/// The clock is read once, when the response is judged.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMemory<'a> {
+    tracker: &'a TaskTracker,
+    route: u16,
+    now_ms: u64,
+}
+
+// === impl EvictionReason ===
+
+impl EvictionReason {
+    pub const ALL: [EvictionReason; 2] = [EvictionReason::Capacity, EvictionReason::Ttl];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionReason::Capacity => "capacity",
+            EvictionReason::Ttl => "ttl",
+        }
+    }
+}
+
+impl fmt::Display for EvictionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl TaskTracker ===
+
+impl TaskTracker {
+    /// An empty memory; nothing is allocated per task until it is remembered.
+    pub fn new(config: &TrackerConfig, model: &ModelConfig) -> TaskTracker {
+        let capacity = config.capacity.max(1);
+        let shards = shard_count(capacity);
+        let (base, extra) = (capacity / shards, capacity % shards);
+        let per_shard = |i: usize| u32::try_from(base + usize::from(i < extra)).unwrap_or(u32::MAX);
+        TaskTracker {
+            shards: (0..shards)
+                .map(|i| Mutex::new(Shard::new(per_shard(i))))
+                .collect(),
+            hasher: RandomState::new(),
+            transitions: Transitions::new(config, model),
+            capacity,
+            ttl_ms: u64::try_from(config.ttl.0.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            epoch: Instant::now(),
+            tracked: AtomicUsize::new(0),
+            evicted_capacity: AtomicU64::new(0),
+            evicted_ttl: AtomicU64::new(0),
+        }
+    }
+
+    /// The judge for one response of route `route` (the route's index in the configuration).
+    ///
+    /// Tasks are remembered per route: the same id on two routes is two tasks.
+    pub fn judge_for(&self, route: u16) -> RouteMemory<'_> {
+        RouteMemory {
+            tracker: self,
+            route,
+            now_ms: self.now_ms(),
+        }
+    }
+
+    /// Tasks remembered now (the `consistency_tracked_tasks` gauge). Expired tasks count until
+    /// swept: call [`purge_expired`](Self::purge_expired) first for an exact figure.
+    pub fn tracked(&self) -> usize {
+        self.tracked.load(Ordering::Relaxed)
+    }
+
+    /// Tasks forgotten so far for `reason` (the `consistency_tracker_evictions_total` counter).
+    pub fn evictions(&self, reason: EvictionReason) -> u64 {
+        match reason {
+            EvictionReason::Capacity => self.evicted_capacity.load(Ordering::Relaxed),
+            EvictionReason::Ttl => self.evicted_ttl.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The configured capacity, summed over the shards.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every task not seen for the TTL; returns how many. Each write already sweeps a
+    /// few from its own shard, so this is only needed to keep idle shards from holding memory
+    /// and the gauge up: the metrics scrape or the report timer calls it.
+    pub fn purge_expired(&self) -> usize {
+        let clock = self.clock(self.now_ms());
+        let rehash = |route: u16, id: &str| self.hash(route, id);
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = self.lock(shard);
+            let n = shard.expire(clock, usize::MAX, &rehash);
+            self.count(Changes {
+                evicted_ttl: n,
+                ..Changes::default()
+            });
+            removed += n as usize;
+        }
+        removed
+    }
+
+    fn judge(
+        &self,
+        route: u16,
+        now_ms: u64,
+        task_id: &str,
+        state: &RecordState,
+    ) -> Vec<TransitionFinding> {
+        let hash = self.hash(route, task_id);
+        let last = self
+            .lock(self.shard(hash))
+            .get(hash, route, task_id, self.clock(now_ms));
+        // The lock is released before any message is formatted.
+        match last {
+            Some(last) => self
+                .transitions
+                .judge(&last, &self.transitions.snapshot(state)),
+            None => Vec::new(),
+        }
+    }
+
+    fn remember(&self, route: u16, now_ms: u64, task_id: &str, sent: &RecordState) {
+        let hash = self.hash(route, task_id);
+        let sent = self.transitions.snapshot(sent);
+        let rehash = |route: u16, id: &str| self.hash(route, id);
+        let mut shard = self.lock(self.shard(hash));
+        let changes = shard.put(hash, route, task_id, sent, self.clock(now_ms), rehash);
+        self.count(changes);
+    }
+
+    /// Called with the shard still locked, so that an entry's addition is always counted
+    /// before its removal by another thread and `tracked` never dips below zero.
+    fn count(&self, changes: Changes) {
+        let gone = changes.evicted_capacity + changes.evicted_ttl;
+        if changes.added > 0 {
+            self.tracked
+                .fetch_add(changes.added as usize, Ordering::Relaxed);
+        }
+        if gone > 0 {
+            self.tracked.fetch_sub(gone as usize, Ordering::Relaxed);
+        }
+        if changes.evicted_capacity > 0 {
+            self.evicted_capacity
+                .fetch_add(u64::from(changes.evicted_capacity), Ordering::Relaxed);
+        }
+        if changes.evicted_ttl > 0 {
+            self.evicted_ttl
+                .fetch_add(u64::from(changes.evicted_ttl), Ordering::Relaxed);
+        }
+    }
+
+    fn hash(&self, route: u16, task_id: &str) -> u64 {
+        self.hasher.hash_one((route, task_id))
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        // Bits 32.. pick the shard: the map inside uses the low bits for buckets and the top
+        // seven for tags, so the shard choice leaves both well spread.
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+
+    /// A shard left poisoned by a panic mid-update may be inconsistent: it is emptied (those
+    /// tasks are forgotten, which only costs findings) rather than trusted or propagated.
+    fn lock<'s>(&self, shard: &'s Mutex<Shard>) -> MutexGuard<'s, Shard> {
+        shard.lock().unwrap_or_else(|poisoned: PoisonError<_>| {
+            let mut guard = poisoned.into_inner();
+            let lost = guard.clear();
+            self.tracked.fetch_sub(lost, Ordering::Relaxed);
+            shard.clear_poison();
+            guard
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    fn clock(&self, now_ms: u64) -> Clock {
+        Clock {
+            now_ms,
+            ttl_ms: self.ttl_ms,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Every remembered (route, id), most recently seen first within each shard.
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> Vec<(u16, String)> {
+        self.shards
+            .iter()
+            .flat_map(|s| self.lock(s).ids())
+            .collect()
+    }
+}
+
+impl fmt::Debug for TaskTracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskTracker")
+            .field("capacity", &self.capacity)
+            .field("shards", &self.shards.len())
+            .field("ttl_ms", &self.ttl_ms)
+            .field("tracked", &self.tracked())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A power of two, at most `MAX_SHARDS`, leaving each shard at least `MIN_PER_SHARD` tasks.
+fn shard_count(capacity: usize) -> usize {
+    let wanted = (capacity / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
+    1 << wanted.ilog2()
+}
+
+// === impl RouteMemory ===
+
+impl TransitionJudge for RouteMemory<'_> {
+    fn judge(&mut self, task_id: &str, state: &RecordState) -> Vec<TransitionFinding> {
+        self.tracker.judge(self.route, self.now_ms, task_id, state)
+    }
+
+    fn remember(&mut self, task_id: &str, sent: &RecordState) {
+        self.tracker
+            .remember(self.route, self.now_ms, task_id, sent);
+    }
+}

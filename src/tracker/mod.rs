@@ -1,0 +1,18 @@
+//! Task memory across polls: what was last sent for each task, and the transition rules
+//! (`stage_regression`, `terminal_reopened`, `terminal_changed`, `progress_regression`)
+//! that judge the next response against it.
+//!
+//! One [`TaskTracker`] per sidecar, shared by every connection (`Arc<TaskTracker>`). Per
+//! inspected response of a tracked route, the inspection layer hands the engine
+//! `tracker.judge_for(route_index)`, a [`RouteMemory`] implementing
+//! [`TransitionJudge`](crate::engine::TransitionJudge). Bounded by `tracker.capacity`
+//! (least recently seen evicted) and `tracker.ttl`; see `docs/tracker.md` for the scope.
+
+mod memory;
+mod shard;
+mod transition;
+
+pub use memory::{EvictionReason, RouteMemory, TaskTracker};
+
+#[cfg(test)]
+mod tests;

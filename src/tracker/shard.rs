@@ -1,0 +1,303 @@
+//! One shard of the task memory: a slab of entries on an intrusive least-recently-seen list.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::transition::Snapshot;
+
+/// End of a list.
+const NIL: u32 = u32::MAX;
+
+/// Expired entries removed per access at most; `purge_expired` takes the rest.
+const SWEEP_PER_ACCESS: usize = 16;
+
+/// A shard: at most `capacity` entries, the most recently seen at `head`.
+///
+/// The index maps the task's 64-bit key hash to its slot; the slot holds the route and id, so
+/// a (vanishingly rare) hash collision is detected and handled as forgetting the other task,
+/// never as mixing two tasks. Because `seen_ms` only grows and every write moves its entry to
+/// the head, the list is also ordered by age: expired entries are always at the tail.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    index: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
+    slots: Vec<Slot>,
+    head: u32,
+    tail: u32,
+    /// Free slots (left by TTL expiry), chained through `next`.
+    free: u32,
+    len: u32,
+    capacity: u32,
+}
+
+/// One remembered task: 48 bytes plus the id's heap allocation. The snapshot is stored flat,
+/// since a nested struct would bring its own padding.
+#[derive(Debug)]
+struct Slot {
+    id: Box<str>,
+    /// Milliseconds since the tracker's epoch.
+    seen_ms: u64,
+    progress: f64,
+    prev: u32,
+    next: u32,
+    route: u16,
+    stage: u16,
+    status: u16,
+}
+
+/// What one write did, for the tracker's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Changes {
+    pub added: u32,
+    pub evicted_capacity: u32,
+    pub evicted_ttl: u32,
+}
+
+/// Everything that says "now" and "how long" to a shard.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub now_ms: u64,
+    pub ttl_ms: u64,
+}
+
+impl Clock {
+    fn expired(self, seen_ms: u64) -> bool {
+        self.now_ms.saturating_sub(seen_ms) >= self.ttl_ms
+    }
+}
+
+// === impl Shard ===
+
+impl Shard {
+    pub fn new(capacity: u32) -> Shard {
+        Shard {
+            index: HashMap::default(),
+            slots: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            free: NIL,
+            len: 0,
+            capacity: capacity.clamp(1, NIL - 1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// The unexpired memory of a task, without touching its recency.
+    pub fn get(&self, hash: u64, route: u16, id: &str, clock: Clock) -> Option<Snapshot> {
+        let slot = &self.slots[*self.index.get(&hash)? as usize];
+        (slot.route == route && *slot.id == *id && !clock.expired(slot.seen_ms)).then(|| Snapshot {
+            stage: slot.stage,
+            status: slot.status,
+            progress: slot.progress,
+        })
+    }
+
+    /// Records what was sent for a task and makes it the most recently seen.
+    /// `rehash` gives the key hash of another entry, needed to unindex an evicted one.
+    pub fn put(
+        &mut self,
+        hash: u64,
+        route: u16,
+        id: &str,
+        sent: Snapshot,
+        clock: Clock,
+        rehash: impl Fn(u16, &str) -> u64,
+    ) -> Changes {
+        let mut changes = Changes {
+            evicted_ttl: self.expire(clock, SWEEP_PER_ACCESS, &rehash),
+            ..Changes::default()
+        };
+        let i = match self.index.get(&hash) {
+            Some(&i) => {
+                let slot = &mut self.slots[i as usize];
+                let same = slot.route == route && *slot.id == *id;
+                let before = if same && !clock.expired(slot.seen_ms) {
+                    Snapshot {
+                        stage: slot.stage,
+                        status: slot.status,
+                        progress: slot.progress,
+                    }
+                } else {
+                    if same {
+                        // Expired but not yet swept: forgotten, then remembered anew.
+                        changes.evicted_ttl += 1;
+                        changes.added = 1;
+                    } else {
+                        slot.id = id.into();
+                        slot.route = route;
+                    }
+                    Snapshot::EMPTY
+                };
+                slot.store(before.merge(sent), clock.now_ms);
+                self.unlink(i);
+                i
+            }
+            None => {
+                let i = if self.len >= self.capacity {
+                    changes.evicted_capacity += 1;
+                    let victim = self.tail;
+                    self.remove(victim, &rehash);
+                    victim
+                } else {
+                    self.alloc()
+                };
+                changes.added = 1;
+                let slot = &mut self.slots[i as usize];
+                slot.id = id.into();
+                slot.route = route;
+                slot.store(Snapshot::EMPTY.merge(sent), clock.now_ms);
+                self.index.insert(hash, i);
+                self.len += 1;
+                i
+            }
+        };
+        self.push_front(i);
+        changes
+    }
+
+    /// Removes up to `limit` expired entries from the old end; returns how many.
+    pub fn expire(
+        &mut self,
+        clock: Clock,
+        limit: usize,
+        rehash: &impl Fn(u16, &str) -> u64,
+    ) -> u32 {
+        let mut removed = 0;
+        while removed < limit
+            && self.tail != NIL
+            && clock.expired(self.slots[self.tail as usize].seen_ms)
+        {
+            let victim = self.tail;
+            self.remove(victim, rehash);
+            self.release(victim);
+            removed += 1;
+        }
+        removed as u32
+    }
+
+    /// Forgets everything; returns how many entries there were.
+    pub fn clear(&mut self) -> usize {
+        let len = self.len();
+        *self = Shard::new(self.capacity);
+        len
+    }
+
+    /// Unlinks and unindexes a live slot; the slot keeps its id until reused or released.
+    fn remove(&mut self, i: u32, rehash: &impl Fn(u16, &str) -> u64) {
+        let slot = &self.slots[i as usize];
+        let hash = rehash(slot.route, &slot.id);
+        if self.index.get(&hash) == Some(&i) {
+            self.index.remove(&hash);
+        }
+        self.unlink(i);
+        self.len -= 1;
+    }
+
+    /// A slot to fill: a released one, or a new one (the slab grows up to `capacity`, no further).
+    fn alloc(&mut self) -> u32 {
+        if self.free != NIL {
+            let i = self.free;
+            self.free = self.slots[i as usize].next;
+            return i;
+        }
+        if self.slots.len() == self.slots.capacity() {
+            let room = self.capacity as usize - self.slots.len();
+            self.slots.reserve_exact(self.slots.len().max(8).min(room));
+        }
+        self.slots.push(Slot {
+            id: Box::default(),
+            seen_ms: 0,
+            progress: f64::NAN,
+            prev: NIL,
+            next: NIL,
+            route: 0,
+            stage: 0,
+            status: 0,
+        });
+        (self.slots.len() - 1) as u32
+    }
+
+    fn release(&mut self, i: u32) {
+        let slot = &mut self.slots[i as usize];
+        // An empty Box<str> owns no allocation: the id's memory goes back at once.
+        slot.id = Box::default();
+        slot.next = self.free;
+        self.free = i;
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let slot = &self.slots[i as usize];
+            (slot.prev, slot.next)
+        };
+        match prev {
+            NIL => self.head = next,
+            p => self.slots[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.slots[n as usize].prev = prev,
+        }
+    }
+
+    fn push_front(&mut self, i: u32) {
+        let old = self.head;
+        {
+            let slot = &mut self.slots[i as usize];
+            slot.prev = NIL;
+            slot.next = old;
+        }
+        match old {
+            NIL => self.tail = i,
+            h => self.slots[h as usize].prev = i,
+        }
+        self.head = i;
+    }
+
+    /// Entries from most to least recently seen, for tests.
+    #[cfg(test)]
+    pub fn ids(&self) -> Vec<(u16, String)> {
+        let mut out = Vec::new();
+        let mut i = self.head;
+        while i != NIL {
+            let slot = &self.slots[i as usize];
+            out.push((slot.route, slot.id.to_string()));
+            i = slot.next;
+        }
+        out
+    }
+}
+
+// === impl Slot ===
+
+impl Slot {
+    fn store(&mut self, memory: Snapshot, seen_ms: u64) {
+        self.stage = memory.stage;
+        self.status = memory.status;
+        self.progress = memory.progress;
+        self.seen_ms = seen_ms;
+    }
+}
+
+/// The index key is already a SipHash output: hashing it again would only cost time.
+#[derive(Debug, Default)]
+pub(crate) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key is a u64); fold anything else in rather than panic.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
