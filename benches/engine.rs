@@ -1,1 +1,55 @@
-fn main() {}
+//! Criterion benchmarks of the pure engine on the legacy backend's bodies (see `bodies/`).
+//!
+//! `benches/seed_rules.py` runs the same bodies through the seed's approach for comparison.
+
+use bytes::Bytes;
+use consistency_sidecar::config::{FieldsConfig, Mode, RouteConfig};
+use consistency_sidecar::engine::{inspect, NoMemory, RouteSpec, RuleSet};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+
+const STATUS: &[u8] = include_bytes!("bodies/status.json");
+const STATUS_FIX: &[u8] = include_bytes!("bodies/status_fix.json");
+const HISTORY: &[u8] = include_bytes!("bodies/history.json");
+
+fn route(records: &str) -> RouteSpec {
+    let config = RouteConfig {
+        name: "bench".into(),
+        method: "GET".into(),
+        path: "/".into(),
+        records: records.into(),
+        mode: None,
+        track: false,
+        fields: Default::default(),
+    };
+    RouteSpec::compile(&config, &FieldsConfig::default(), Mode::Fix).expect("route compiles")
+}
+
+fn engine(c: &mut Criterion) {
+    let rules = RuleSet::default_rules();
+    let whole = route("");
+    let history = route("/history/*");
+    let mut group = c.benchmark_group("inspect");
+    for (name, body, route, fixes) in [
+        ("status_consistent", STATUS, &whole, 0),
+        ("status_one_fix", STATUS_FIX, &whole, 1),
+        ("history_100", HISTORY, &history, 0),
+    ] {
+        let body = Bytes::from_static(body);
+        let check = inspect(&rules, route, &body, &mut NoMemory);
+        let fixed = match &check.outcome {
+            consistency_sidecar::engine::Outcome::Checked(v) => {
+                v.iter().map(|r| r.fixes.len()).sum::<usize>()
+            }
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(fixed, fixes, "{name}");
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| inspect(&rules, route, black_box(&body), &mut NoMemory))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);

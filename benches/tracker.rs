@@ -24,7 +24,7 @@ fn task_id(out: &mut String, i: usize) {
     let _ = write!(out, "{:08x}-7c1e-4b2a-9f00-{:012x}", i, i * 7919);
 }
 
-/// A tracker full to its default capacity (100,000 tasks), every task at 60 %.
+/// A tracker of default capacity (100,000 tasks) holding `ids`, every task at 60 %.
 fn full_tracker(ids: &[String]) -> TaskTracker {
     let tracker = TaskTracker::new(&TrackerConfig::default(), &ModelConfig::default());
     let sent = state("running", "ranking_analysis", 60.0);
@@ -53,6 +53,18 @@ fn judge_and_remember(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % TASKS;
             let mut memory = tracker.judge_for(0);
+            let findings = memory.judge(&ids[i], black_box(&steady));
+            memory.remember(&ids[i], &steady);
+            findings
+        })
+    });
+
+    // The same with 1,000 tasks: the memory stays in cache, leaving the CPU cost alone.
+    let hot = full_tracker(&ids[..1000]);
+    group.bench_function("known_task_no_finding_1000_tasks", |b| {
+        b.iter(|| {
+            i = (i + 1) % 1000;
+            let mut memory = hot.judge_for(0);
             let findings = memory.judge(&ids[i], black_box(&steady));
             memory.remember(&ids[i], &steady);
             findings

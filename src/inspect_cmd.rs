@@ -1,7 +1,146 @@
-//! Placeholder until the engine lands: `consistency-sidecar inspect`.
+//! `consistency-sidecar inspect`: run the engine on one body from a file or stdin.
+//!
+//! Prints the verdict as pretty JSON, or with `--fixed` only the (patched) body. Exit status:
+//! 0 consistent, 1 issues found, 2 unreadable input (missing file, unparseable, no record),
+//! 64 bad configuration or unknown route.
 
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
-pub fn run(_args: &crate::cli::InspectArgs) -> ExitCode {
-    ExitCode::from(2)
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::cli::{InspectArgs, EX_USAGE};
+use crate::config::{self, Level};
+use crate::engine::{self, Inspection, NoMemory, Outcome, RouteSpec, RuleSet};
+
+const EXIT_ISSUES: u8 = 1;
+const EXIT_UNREADABLE: u8 = 2;
+
+pub fn run(args: &InspectArgs) -> ExitCode {
+    let (rules, route) = match compile(args) {
+        Ok(compiled) => compiled,
+        Err(message) => {
+            eprintln!("consistency-sidecar: {message}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let body = match read_input(args) {
+        Ok(body) => body,
+        Err(message) => {
+            eprintln!("consistency-sidecar: {message}");
+            return ExitCode::from(EXIT_UNREADABLE);
+        }
+    };
+    let inspection = engine::inspect(&rules, &route, &body, &mut NoMemory);
+    let printed = if args.fixed {
+        std::io::stdout().write_all(&inspection.body)
+    } else {
+        let text = serde_json::to_string_pretty(&verdict_json(&route, &inspection))
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        writeln!(std::io::stdout(), "{text}")
+    };
+    if let Err(err) = printed {
+        eprintln!("consistency-sidecar: cannot write output: {err}");
+    }
+    match &inspection.outcome {
+        Outcome::Skipped(_) => ExitCode::from(EXIT_UNREADABLE),
+        Outcome::Checked(records) if records.iter().all(|r| r.level == Level::Consistent) => {
+            ExitCode::SUCCESS
+        }
+        Outcome::Checked(_) => ExitCode::from(EXIT_ISSUES),
+    }
+}
+
+/// Loads the configuration and compiles the rules and the chosen route (first by default).
+fn compile(args: &InspectArgs) -> Result<(RuleSet, RouteSpec), String> {
+    let config = config::load(args.config.config.as_deref()).map_err(|e| e.to_string())?;
+    let rules = RuleSet::compile(&config.model, &config.rules).map_err(|e| e.to_string())?;
+    let route = match &args.route {
+        Some(name) => {
+            let Some(i) = config.routes.iter().position(|r| &r.name == name) else {
+                let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+                return Err(format!(
+                    "unknown route {name:?} (configured: {})",
+                    known.join(", ")
+                ));
+            };
+            RouteSpec::compile_all(&config.routes, &config.fields, config.mode)
+                .map_err(|e| e.to_string())?
+                .swap_remove(i)
+        }
+        None => match RouteSpec::compile_all(&config.routes, &config.fields, config.mode)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+        {
+            Some(route) => route,
+            // No routes configured: judge the whole body.
+            None => RouteSpec::whole_body("inspect", &config.fields, config.mode)
+                .map_err(|e| e.to_string())?,
+        },
+    };
+    Ok((rules, route))
+}
+
+fn read_input(args: &InspectArgs) -> Result<Bytes, String> {
+    match args.input.as_deref() {
+        Some(path) if path.as_os_str() != "-" => std::fs::read(path)
+            .map(Bytes::from)
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map(|_| Bytes::from(buf))
+                .map_err(|e| format!("cannot read stdin: {e}"))
+        }
+    }
+}
+
+/// The verdict as the command prints it.
+fn verdict_json(route: &RouteSpec, inspection: &Inspection) -> Value {
+    let mode = route.mode();
+    match &inspection.outcome {
+        Outcome::Skipped(reason) => json!({
+            "route": route.name(),
+            "mode": mode,
+            "skipped": reason.as_str(),
+        }),
+        Outcome::Checked(records) => {
+            let level = records
+                .iter()
+                .map(|r| r.level)
+                .max()
+                .unwrap_or(Level::Consistent);
+            let rendered: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    json!({
+                        "task_id": r.task_id,
+                        "level": r.level,
+                        "issues": r.issues.iter().map(|i| json!({
+                            "rule": &*i.rule,
+                            "level": i.level,
+                            "task_id": r.task_id,
+                            "message": i.message,
+                        })).collect::<Vec<_>>(),
+                        "fixes": r.fixes.iter().map(|f| json!({
+                            "rule": &*f.rule,
+                            "field": f.field,
+                            "before": f.before,
+                            "after": f.after,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "route": route.name(),
+                "mode": mode,
+                "level": level,
+                "changed": records.iter().any(|r| !r.fixes.is_empty()),
+                "records": rendered,
+            })
+        }
+    }
 }

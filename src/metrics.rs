@@ -23,7 +23,9 @@ use crate::settings::Settings;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Values of the `method` label; anything else is `other`.
-pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
 
 /// Values of the `code` label.
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -146,7 +148,10 @@ impl Metrics {
     fn register(settings: &Settings) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(&registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
         };
 
         // Request latency: from a cached hit (ms) to the legacy backend's slow task creation.
@@ -205,7 +210,11 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        let checks = counter("consistency_checks_total", "Task records checked.", &["route"])?;
+        let checks = counter(
+            "consistency_checks_total",
+            "Task records checked.",
+            &["route"],
+        )?;
         let results = counter(
             "consistency_results_total",
             "Checked records by their worst level.",
@@ -248,7 +257,10 @@ impl Metrics {
         )?;
         let tracked_tasks = register(
             &registry,
-            IntGauge::new("consistency_tracked_tasks", "Tasks remembered across polls.")?,
+            IntGauge::new(
+                "consistency_tracked_tasks",
+                "Tasks remembered across polls.",
+            )?,
         )?;
         let tracker_evictions = counter(
             "consistency_tracker_evictions_total",
@@ -257,7 +269,9 @@ impl Metrics {
         )?;
 
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
 
         let route_names: Vec<&str> = settings.routes.names().chain([OTHER]).collect();
         let proxy_routes = route_names

@@ -34,9 +34,7 @@ pub fn inspect(
         outcome: Outcome::Skipped(reason),
         body: body.clone(),
     };
-    let Ok(text) = std::str::from_utf8(body) else {
-        return skipped(SkipReason::Unparseable);
-    };
+    let text: &[u8] = body;
     let Ok(records) = json::scan(text, route) else {
         return skipped(SkipReason::Unparseable);
     };
@@ -69,24 +67,25 @@ struct Edit {
 
 fn check_record(
     rules: &RuleSet,
-    text: &str,
+    text: &[u8],
     rec: &RecordSpans,
     fix: bool,
     judge: &mut dyn TransitionJudge,
     edits: &mut Vec<Edit>,
 ) -> RecordVerdict {
-    let original: State<'_> =
-        std::array::from_fn(|i| rec.fields[i].last.map(|span| slot_at(text, &span)));
+    let original = || -> State<'_> {
+        std::array::from_fn(|i| rec.fields[i].last.map(|span| slot_at(text, &span)))
+    };
     let task_id = rec.task_id.map(|(_, span)| match span.kind {
         Kind::Str => json::string_text(text, &span).into_owned(),
-        _ => text.get(span.start..span.end).unwrap_or("").to_owned(),
+        _ => json::str_at(text, span.start, span.end).to_owned(),
     });
     let mut issues = Vec::new();
     let mut fixes = Vec::new();
-    let mut state = original.clone();
+    let mut state = original();
     if !fix_to_fixpoint(rules, &mut state, fix, &mut issues, &mut fixes) {
         // A rule set whose fixes keep changing the record: send it as it came, and say so.
-        state = original.clone();
+        state = original();
         let mut names: Vec<&str> = fixes.iter().map(|f| &*f.rule).collect();
         names.sort_unstable();
         names.dedup();
@@ -110,7 +109,7 @@ fn check_record(
             let (Some(span), Some(now)) = (spans.last, &state[slot]) else {
                 continue;
             };
-            if text.get(span.start..span.end) != Some(&*now.raw) {
+            if text.get(span.start..span.end) != Some(now.raw.as_bytes()) {
                 // A duplicated key is rewritten everywhere, whichever occurrence a client reads.
                 for s in spans.earlier.iter().chain(std::iter::once(&span)) {
                     edits.push(Edit {
@@ -132,7 +131,11 @@ fn check_record(
 }
 
 fn worst(issues: &[Issue]) -> Level {
-    issues.iter().map(|i| i.level).max().unwrap_or(Level::Consistent)
+    issues
+        .iter()
+        .map(|i| i.level)
+        .max()
+        .unwrap_or(Level::Consistent)
 }
 
 /// Reports every rule that fires on the record or on any intermediate fixed state (once each),
@@ -249,8 +252,8 @@ fn judge_transitions(
     sent
 }
 
-fn slot_at<'a>(text: &'a str, span: &ValueSpan) -> Slot<'a> {
-    let raw = text.get(span.start..span.end).unwrap_or("");
+fn slot_at<'a>(text: &'a [u8], span: &ValueSpan) -> Slot<'a> {
+    let raw = json::str_at(text, span.start, span.end);
     let val = match span.kind {
         Kind::Str => Val::Str(json::string_text(text, span)),
         Kind::Num => raw

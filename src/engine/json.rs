@@ -1,12 +1,13 @@
 //! A validating JSON scanner: checks the whole document and records the byte spans of the
 //! records' own top-level fields, skipping everything else without building values.
 //!
+//! Only string contents may hold non-ASCII bytes, so only strings that do are checked for UTF-8.
 //! Acceptance follows `serde_json` (RFC 8259, at most 127 nested containers, no number that
 //! overflows `f64`, no lone surrogate escape), so whatever the engine checks, clients parse.
 
 use std::borrow::Cow;
 
-use super::route::{RouteSpec, Segment};
+use super::route::{head, RouteSpec, Segment};
 
 /// Most nested arrays/objects accepted; `serde_json` refuses the 128th level.
 pub(crate) const MAX_DEPTH: usize = 127;
@@ -57,10 +58,9 @@ pub(crate) struct Unparseable;
 type Res<T> = Result<T, Unparseable>;
 
 /// Validates `text` and returns the route's records, in document order.
-pub(crate) fn scan(text: &str, route: &RouteSpec) -> Res<Vec<RecordSpans>> {
+pub(crate) fn scan(body: &[u8], route: &RouteSpec) -> Res<Vec<RecordSpans>> {
     let mut s = Scanner {
-        b: text.as_bytes(),
-        text,
+        b: body,
         pos: 0,
         depth: 0,
         route,
@@ -97,8 +97,10 @@ pub(crate) fn unescape(raw: &str) -> String {
                     chars.next();
                     chars.next();
                     let lo = hex4(&mut chars);
-                    char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF))
-                        .unwrap_or(char::REPLACEMENT_CHARACTER)
+                    char::from_u32(
+                        0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF),
+                    )
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
                 } else {
                     char::from_u32(hi).unwrap_or(char::REPLACEMENT_CHARACTER)
                 }
@@ -112,12 +114,21 @@ pub(crate) fn unescape(raw: &str) -> String {
 }
 
 fn hex4(chars: &mut std::str::Chars<'_>) -> u32 {
-    (0..4).fold(0, |n, _| n * 16 + chars.next().and_then(|c| c.to_digit(16)).unwrap_or(0))
+    (0..4).fold(0, |n, _| {
+        n * 16 + chars.next().and_then(|c| c.to_digit(16)).unwrap_or(0)
+    })
+}
+
+/// The text of a span the scanner validated (so it is UTF-8 and on character boundaries).
+pub(crate) fn str_at(body: &[u8], start: usize, end: usize) -> &str {
+    body.get(start..end)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("")
 }
 
 /// The text of a string span, decoded only when it has escapes.
-pub(crate) fn string_text<'a>(text: &'a str, span: &ValueSpan) -> Cow<'a, str> {
-    let inner = text.get(span.start + 1..span.end - 1).unwrap_or("");
+pub(crate) fn string_text<'a>(body: &'a [u8], span: &ValueSpan) -> Cow<'a, str> {
+    let inner = str_at(body, span.start + 1, span.end - 1);
     if span.escaped {
         Cow::Owned(unescape(inner))
     } else {
@@ -128,17 +139,18 @@ pub(crate) fn string_text<'a>(text: &'a str, span: &ValueSpan) -> Cow<'a, str> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any of the 8 bytes is `"`, `\` or a control character (exact as a yes/no).
+/// High bits flag the bytes among 8 that may be `"`, `\` or a control character; nonzero
+/// exactly when one is, and the lowest flag is exact.
 #[inline]
-fn special(w: u64) -> bool {
+fn special(w: u64) -> u64 {
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    (zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH))
-        != 0
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
 struct Scanner<'a, 'r> {
     b: &'a [u8],
-    text: &'a str,
     pos: usize,
     /// Containers open around `pos` (walked ones; `skip_container` adds its own).
     depth: usize,
@@ -169,24 +181,36 @@ impl Scanner<'_, '_> {
         Ok(())
     }
 
-    /// At `"`: moves past the closing quote; returns the contents' range and whether it has escapes.
+    /// At `"`: moves past the closing quote; returns the contents' range and whether it has
+    /// escapes. Contents with non-ASCII bytes are checked to be UTF-8 (nothing else can be).
     #[inline]
     fn string(&mut self) -> Res<(usize, usize, bool)> {
         self.pos += 1;
         let start = self.pos;
         let mut escaped = false;
+        let mut high = 0u64;
         loop {
+            // Eight bytes at a time to the first quote, backslash or control byte.
             while let Some(chunk) = self.b.get(self.pos..self.pos + 8) {
                 let w = u64::from_le_bytes(chunk.try_into().map_err(|_| Unparseable)?);
-                if special(w) {
+                let m = special(w);
+                if m != 0 {
+                    // The lowest flagged byte is exact (false flags only sit above a true one).
+                    let at = m.trailing_zeros();
+                    high |= w & HIGH & ((1u64 << at) - 1);
+                    self.pos += (at / 8) as usize;
                     break;
                 }
+                high |= w & HIGH;
                 self.pos += 8;
             }
             match self.peek()? {
                 b'"' => {
                     let end = self.pos;
                     self.pos += 1;
+                    if high != 0 && std::str::from_utf8(&self.b[start..end]).is_err() {
+                        return Err(Unparseable);
+                    }
                     return Ok((start, end, escaped));
                 }
                 b'\\' => {
@@ -194,7 +218,10 @@ impl Scanner<'_, '_> {
                     self.escape()?;
                 }
                 c if c < 0x20 => return Err(Unparseable),
-                _ => self.pos += 1,
+                c => {
+                    high |= u64::from(c & 0x80);
+                    self.pos += 1;
+                }
             }
         }
     }
@@ -273,7 +300,7 @@ impl Scanner<'_, '_> {
             may_overflow = true;
         }
         if may_overflow {
-            let text = self.text.get(start..self.pos).ok_or(Unparseable)?;
+            let text = std::str::from_utf8(&self.b[start..self.pos]).map_err(|_| Unparseable)?;
             if !text.parse::<f64>().map_err(|_| Unparseable)?.is_finite() {
                 return Err(Unparseable);
             }
@@ -411,7 +438,7 @@ impl Scanner<'_, '_> {
     }
 
     fn key_is(&self, (start, end, escaped): (usize, usize, bool), name: &str) -> bool {
-        let raw = self.text.get(start..end).unwrap_or("");
+        let raw = str_at(self.b, start, end);
         if escaped {
             unescape(raw) == name
         } else {
@@ -519,15 +546,23 @@ impl Scanner<'_, '_> {
 
     /// Files a member under the logical fields and task id keys its key names.
     #[inline]
-    fn assign(&self, rec: &mut RecordSpans, (start, end, escaped): (usize, usize, bool), span: ValueSpan) {
-        let raw = self.text.get(start..end).unwrap_or("");
-        let key: Cow<'_, str> = if escaped {
-            Cow::Owned(unescape(raw))
+    fn assign(
+        &self,
+        rec: &mut RecordSpans,
+        (start, end, escaped): (usize, usize, bool),
+        span: ValueSpan,
+    ) {
+        let raw = self.b.get(start..end).unwrap_or_default();
+        let decoded;
+        let key = if escaped {
+            decoded = unescape(str_at(self.b, start, end));
+            decoded.as_bytes()
         } else {
-            Cow::Borrowed(raw)
+            raw
         };
+        let key_head = head(key);
         for (i, name) in self.route.keys.iter().enumerate() {
-            if **name == *key {
+            if name.matches(key, key_head) {
                 let field = &mut rec.fields[i];
                 if let Some(prev) = field.last.replace(span) {
                     field.earlier.push(prev);
@@ -536,7 +571,12 @@ impl Scanner<'_, '_> {
         }
         // Only a string or a number names a task; the first key in the list wins.
         if matches!(span.kind, Kind::Str | Kind::Num) {
-            if let Some(rank) = self.route.task_ids.iter().position(|n| **n == *key) {
+            if let Some(rank) = self
+                .route
+                .task_ids
+                .iter()
+                .position(|n| n.matches(key, key_head))
+            {
                 if rec.task_id.map_or(true, |(r, _)| rank <= r) {
                     rec.task_id = Some((rank, span));
                 }

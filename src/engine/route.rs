@@ -8,9 +8,46 @@ use crate::config::{ConfigError, FieldsConfig, Mode, RouteConfig};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Segment {
     /// An object member by name, or an array element when the name is an index (`/items/0`).
-    Member { name: Box<str>, index: Option<usize> },
+    Member {
+        name: Box<str>,
+        index: Option<usize>,
+    },
     /// `*`: every element of an array (or every member value of an object).
     Each,
+}
+
+/// A record key the engine looks for, with its first eight bytes packed for a quick compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyName {
+    text: Box<str>,
+    head: u64,
+}
+
+impl KeyName {
+    fn new(text: &str) -> KeyName {
+        KeyName {
+            text: text.into(),
+            head: head(text.as_bytes()),
+        }
+    }
+
+    /// Whether `key` (with `head(key)` precomputed) is this name.
+    #[inline]
+    pub(crate) fn matches(&self, key: &[u8], key_head: u64) -> bool {
+        let name = self.text.as_bytes();
+        name.len() == key.len()
+            && self.head == key_head
+            && (name.len() <= 8 || name[8..] == key[8..])
+    }
+}
+
+/// The first (up to) eight bytes of a key, little-endian, zero-padded.
+#[inline]
+pub(crate) fn head(key: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = key.len().min(8);
+    buf[..n].copy_from_slice(&key[..n]);
+    u64::from_le_bytes(buf)
 }
 
 /// A route compiled for the engine: record selector, field keys, mode.
@@ -22,9 +59,9 @@ pub struct RouteSpec {
     /// Empty: the whole body is the record.
     pub(crate) selector: Vec<Segment>,
     /// Record keys of status, stage, progress, is_completed (slot order).
-    pub(crate) keys: [Box<str>; 4],
+    pub(crate) keys: [KeyName; 4],
     /// Task id keys, the first present one wins.
-    pub(crate) task_ids: Vec<Box<str>>,
+    pub(crate) task_ids: Vec<KeyName>,
 }
 
 impl RouteSpec {
@@ -35,7 +72,12 @@ impl RouteSpec {
         fields: &FieldsConfig,
         global_mode: Mode,
     ) -> Result<RouteSpec, ConfigError> {
-        Self::compile_at(&format!("routes[{}]", route.name), route, fields, global_mode)
+        Self::compile_at(
+            &format!("routes[{}]", route.name),
+            route,
+            fields,
+            global_mode,
+        )
     }
 
     /// Compiles every route; errors name the key as `routes[i].…`.
@@ -52,7 +94,11 @@ impl RouteSpec {
     }
 
     /// A route whose record is the whole body, with the given fields and mode.
-    pub fn whole_body(name: &str, fields: &FieldsConfig, mode: Mode) -> Result<RouteSpec, ConfigError> {
+    pub fn whole_body(
+        name: &str,
+        fields: &FieldsConfig,
+        mode: Mode,
+    ) -> Result<RouteSpec, ConfigError> {
         let route = RouteConfig {
             name: name.into(),
             method: "GET".into(),
@@ -87,11 +133,18 @@ impl RouteSpec {
             ("status", &fields.status, o.status.is_some()),
             ("stage", &fields.stage, o.stage.is_some()),
             ("progress", &fields.progress, o.progress.is_some()),
-            ("is_completed", &fields.is_completed, o.is_completed.is_some()),
+            (
+                "is_completed",
+                &fields.is_completed,
+                o.is_completed.is_some(),
+            ),
         ];
         for (i, (name, key, overridden)) in named.iter().enumerate() {
             if key.is_empty() {
-                return Err(ConfigError::new(key_of(name, *overridden), "must not be empty"));
+                return Err(ConfigError::new(
+                    key_of(name, *overridden),
+                    "must not be empty",
+                ));
             }
             // Two logical fields on one key would patch the same bytes twice.
             if let Some((other, _, _)) = named[..i].iter().find(|(_, k, _)| k == key) {
@@ -113,12 +166,12 @@ impl RouteSpec {
             track: route.track,
             selector,
             keys: [
-                fields.status.into(),
-                fields.stage.into(),
-                fields.progress.into(),
-                fields.is_completed.into(),
+                KeyName::new(&fields.status),
+                KeyName::new(&fields.stage),
+                KeyName::new(&fields.progress),
+                KeyName::new(&fields.is_completed),
             ],
-            task_ids: fields.task_id.into_iter().map(Into::into).collect(),
+            task_ids: fields.task_id.iter().map(|k| KeyName::new(k)).collect(),
         })
     }
 

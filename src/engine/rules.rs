@@ -89,14 +89,19 @@ impl RuleSet {
 
     /// Whether `value` is in the enumeration of the field in `slot` (status or stage).
     fn known(&self, slot: usize, value: &Val<'_>) -> bool {
-        let list = if slot == 0 { &self.statuses } else { &self.stages };
+        let list = if slot == 0 {
+            &self.statuses
+        } else {
+            &self.stages
+        };
         matches!(value, Val::Str(s) if list.iter().any(|k| **k == **s))
     }
 
     pub(crate) fn fires(&self, rule: &Rule, state: &State<'_>) -> bool {
-        rule.when
-            .iter()
-            .any(|all| all.iter().all(|check| self.holds(check, state[check.slot].as_ref())))
+        rule.when.iter().any(|all| {
+            all.iter()
+                .all(|check| self.holds(check, state[check.slot].as_ref()))
+        })
     }
 
     /// Indexes of the rules that fire on `state`.
@@ -117,8 +122,14 @@ impl RuleSet {
         let number_in = |(lo, hi): (f64, f64)| matches!(v, Val::Num(n) if lo <= *n && *n <= hi);
         check.is.as_ref().map_or(true, |e| v.same(e))
             && check.is_not.as_ref().map_or(true, |e| !v.same(e))
-            && check.one_of.as_ref().map_or(true, |l| l.iter().any(|e| v.same(e)))
-            && check.not_one_of.as_ref().map_or(true, |l| !l.iter().any(|e| v.same(e)))
+            && check
+                .one_of
+                .as_ref()
+                .map_or(true, |l| l.iter().any(|e| v.same(e)))
+            && check
+                .not_one_of
+                .as_ref()
+                .map_or(true, |l| !l.iter().any(|e| v.same(e)))
             && check.known.map_or(true, |k| self.known(check.slot, v) == k)
             && check.number_in.map_or(true, number_in)
             && check.not_number_in.map_or(true, |r| !number_in(r))
@@ -149,13 +160,17 @@ impl Rule {
         for (field, value) in config.fix.iter().flatten() {
             let slot = slot_of(*field);
             // Absent fields are never inserted, so such a fix could never apply.
-            if when.iter().all(|all| all.iter().any(|c| c.slot == slot && c.absent)) {
+            if when
+                .iter()
+                .all(|all| all.iter().any(|c| c.slot == slot && c.absent))
+            {
                 return Err(ConfigError::new(
                     key(&format!("fix.{field}")),
                     format!("the rule fires only when {field} is absent, and absent fields are not inserted"),
                 ));
             }
-            type_fits(*field, value).map_err(|p| ConfigError::new(key(&format!("fix.{field}")), p))?;
+            type_fits(*field, value)
+                .map_err(|p| ConfigError::new(key(&format!("fix.{field}")), p))?;
             fix.push((slot, Slot::from_json(value)));
         }
         let message = match &config.message {
@@ -180,7 +195,9 @@ impl Rule {
         for part in &self.message {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Field(i) => out.push_str(state[*i].as_ref().map_or("<absent>", Slot::display)),
+                Part::Field(i) => {
+                    out.push_str(state[*i].as_ref().map_or("<absent>", Slot::display))
+                }
             }
         }
         out
@@ -214,17 +231,26 @@ fn compile_condition(key: &str, field: Field, c: &Condition) -> Result<Check, Co
         || c.not_number_in.is_some();
     match c.present {
         None if !others => {
-            return Err(ConfigError::new(key, "empty condition (say `present = true`)"))
+            return Err(ConfigError::new(
+                key,
+                "empty condition (say `present = true`)",
+            ))
         }
         Some(false) if others => {
-            return err("present", "`present = false` cannot be combined with other conditions")
+            return err(
+                "present",
+                "`present = false` cannot be combined with other conditions",
+            )
         }
         _ => {}
     }
     if c.known.is_some() && !matches!(field, Field::Status | Field::Stage) {
         return err("known", "only status and stage have an enumeration");
     }
-    for (k, range) in [("number_in", c.number_in), ("not_number_in", c.not_number_in)] {
+    for (k, range) in [
+        ("number_in", c.number_in),
+        ("not_number_in", c.not_number_in),
+    ] {
         if let Some([lo, hi]) = range {
             if lo.is_nan() || hi.is_nan() || lo > hi {
                 return err(k, "must be [low, high] with low <= high");
@@ -288,10 +314,9 @@ fn parse_template(text: &str) -> Vec<Part> {
     while let Some(open) = rest.find('{') {
         literal.push_str(&rest[..open]);
         let after = &rest[open..];
-        let hit = FIELDS
-            .iter()
-            .enumerate()
-            .find(|(_, f)| after[1..].starts_with(f.as_str()) && after[1 + f.as_str().len()..].starts_with('}'));
+        let hit = FIELDS.iter().enumerate().find(|(_, f)| {
+            after[1..].starts_with(f.as_str()) && after[1 + f.as_str().len()..].starts_with('}')
+        });
         match hit {
             Some((i, f)) => {
                 if !literal.is_empty() {

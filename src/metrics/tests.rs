@@ -32,7 +32,10 @@ fn every_family_of_the_design_is_registered() {
         "consistency_tracked_tasks",
         "consistency_tracker_evictions_total",
     ] {
-        assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
     }
     #[cfg(target_os = "linux")]
     assert!(text.contains("process_resident_memory_bytes"));
@@ -64,12 +67,23 @@ fn configured_label_combinations_exist_at_zero() {
 #[test]
 fn handles_count_into_the_families() {
     let m = metrics();
-    m.proxy_route(Some(0)).request(method_index(&Method::GET), StatusCode::OK).inc();
-    m.proxy_route(None).request(method_index(&Method::CONNECT), StatusCode::METHOD_NOT_ALLOWED).inc();
+    m.proxy_route(Some(0))
+        .request(method_index(&Method::GET), StatusCode::OK)
+        .inc();
+    m.proxy_route(None)
+        .request(
+            method_index(&Method::CONNECT),
+            StatusCode::METHOD_NOT_ALLOWED,
+        )
+        .inc();
     m.upstream_error(UpstreamErrorReason::Body);
     let text = text(&m);
-    assert!(text.contains(r#"consistency_proxy_requests_total{code="2xx",method="GET",route="task_status"} 1"#));
-    assert!(text.contains(r#"consistency_proxy_requests_total{code="4xx",method="other",route="other"} 1"#));
+    assert!(text.contains(
+        r#"consistency_proxy_requests_total{code="2xx",method="GET",route="task_status"} 1"#
+    ));
+    assert!(text.contains(
+        r#"consistency_proxy_requests_total{code="4xx",method="other",route="other"} 1"#
+    ));
     assert!(text.contains(r#"consistency_proxy_upstream_errors_total{reason="body"} 1"#));
 }
 

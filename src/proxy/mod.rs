@@ -16,4 +16,3 @@ pub use forward::{ClientAddr, Forward};
 pub use request_metrics::{RequestMetrics, RequestMetricsLayer};
 pub use shed::{Shed, ShedLayer};
 pub use upstream::{error_response, upstream_client, UpstreamClient};
-

@@ -129,7 +129,9 @@ where
                     status = response.status().as_u16(),
                     "response head"
                 );
-                Poll::Ready(Ok(response.map(|body| Guarded::new(body, done).boxed_unsync())))
+                Poll::Ready(Ok(
+                    response.map(|body| Guarded::new(body, done).boxed_unsync())
+                ))
             }
             Err(err) => {
                 // No layer below should fail; if one does, hyper drops the connection: a 5xx.

@@ -120,7 +120,9 @@ where
             ShedFutureProj::Admitted { inner, permit } => {
                 let response = ready!(inner.poll(cx))?;
                 let permit = permit.take();
-                Poll::Ready(Ok(response.map(|body| Guarded::new(body, permit).boxed_unsync())))
+                Poll::Ready(Ok(
+                    response.map(|body| Guarded::new(body, permit).boxed_unsync())
+                ))
             }
             ShedFutureProj::Shed { response } => Poll::Ready(Ok(response
                 .take()

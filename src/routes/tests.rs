@@ -16,7 +16,10 @@ fn default_routes_match_their_paths() {
     assert_eq!(name(Method::GET, "/test/status/abc-123"), "task_status");
     assert_eq!(name(Method::GET, "/api/test-progress"), "test_progress");
     assert_eq!(name(Method::GET, "/api/test-history"), "test_history");
-    assert_eq!(table().classify(&Method::GET, "/api/test-history").index, Some(2));
+    assert_eq!(
+        table().classify(&Method::GET, "/api/test-history").index,
+        Some(2)
+    );
 }
 
 #[test]

@@ -14,15 +14,19 @@ use crate::engine::{RecordState, TransitionFinding, TransitionJudge};
 
 /// Most shards; enough that 64 busy threads rarely meet on one lock.
 const MAX_SHARDS: usize = 32;
-/// Fewest tasks per shard: below it a shard's LRU order would be too coarse a stand-in for
-/// the global one, so small capacities get fewer shards (one below 2,048: exact global LRU).
+/// Fewest tasks per shard (at full capacity): the victim of an eviction is the least recently
+/// seen of its shard, so a shard must hold enough tasks for its oldest to be among the
+/// oldest overall. Small capacities get fewer shards (one below 2,048: exact global LRU).
 const MIN_PER_SHARD: usize = 1024;
+/// Slot indices are `u32` with one value reserved; a larger capacity is clamped to this.
+const MAX_CAPACITY: usize = 1 << 31;
 
 /// Why a task was forgotten; `as_str` is the `reason` label of
 /// `consistency_tracker_evictions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EvictionReason {
-    /// Its shard was full and it was the least recently seen there.
+    /// The tracker was full, and it was the least recently seen task of the shard the new
+    /// task went to.
     Capacity,
     /// Not seen for `tracker.ttl`.
     Ttl,
@@ -30,10 +34,12 @@ pub enum EvictionReason {
 
 /// Memory of the last state sent for each (route, task id), shared by every connection.
 ///
-/// Keys are spread over up to 32 shards, each a `Mutex` held only inside one `judge` or
-/// `remember` call (never across I/O or `.await`). Each shard has `capacity / shards` of the
-/// capacity (the remainder spread one each), so least-recently-seen eviction is exact within
-/// a shard and approximate across them.
+/// Keys are spread over up to 32 shards by a hash of (route, task id), each a `Mutex` held
+/// only inside one `judge` or `remember` call (never across I/O or `.await`). The capacity
+/// is global: a new task is admitted while fewer than `capacity` are tracked, otherwise it
+/// displaces the least recently seen task of its own shard. With one shard (capacity below
+/// 2,048) that is exact LRU; with more, the victim is the oldest of ~1/32 of the tasks, which
+/// are spread by hash, so it is among the oldest overall.
 pub struct TaskTracker {
     shards: Box<[Mutex<Shard>]>,
     /// Random keys per process: task ids come from responses, so keep them from choosing shards.
@@ -82,13 +88,10 @@ impl fmt::Display for EvictionReason {
 impl TaskTracker {
     /// An empty memory; nothing is allocated per task until it is remembered.
     pub fn new(config: &TrackerConfig, model: &ModelConfig) -> TaskTracker {
-        let capacity = config.capacity.max(1);
-        let shards = shard_count(capacity);
-        let (base, extra) = (capacity / shards, capacity % shards);
-        let per_shard = |i: usize| u32::try_from(base + usize::from(i < extra)).unwrap_or(u32::MAX);
+        let capacity = config.capacity.clamp(1, MAX_CAPACITY);
         TaskTracker {
-            shards: (0..shards)
-                .map(|i| Mutex::new(Shard::new(per_shard(i))))
+            shards: (0..shard_count(capacity))
+                .map(|_| Mutex::new(Shard::new()))
                 .collect(),
             hasher: RandomState::new(),
             transitions: Transitions::new(config, model),
@@ -144,6 +147,7 @@ impl TaskTracker {
             let mut shard = self.lock(shard);
             let n = shard.expire(clock, usize::MAX, &rehash);
             self.count(Changes {
+                removed: n,
                 evicted_ttl: n,
                 ..Changes::default()
             });
@@ -177,20 +181,35 @@ impl TaskTracker {
         let sent = self.transitions.snapshot(sent);
         let rehash = |route: u16, id: &str| self.hash(route, id);
         let mut shard = self.lock(self.shard(hash));
-        let changes = shard.put(hash, route, task_id, sent, self.clock(now_ms), rehash);
+        let admit = || {
+            self.tracked
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < self.capacity).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        let changes = shard.put(
+            hash,
+            route,
+            task_id,
+            sent,
+            self.clock(now_ms),
+            admit,
+            rehash,
+        );
         self.count(changes);
     }
 
     /// Called with the shard still locked, so that an entry's addition is always counted
     /// before its removal by another thread and `tracked` never dips below zero.
     fn count(&self, changes: Changes) {
-        let gone = changes.evicted_capacity + changes.evicted_ttl;
         if changes.added > 0 {
             self.tracked
                 .fetch_add(changes.added as usize, Ordering::Relaxed);
         }
-        if gone > 0 {
-            self.tracked.fetch_sub(gone as usize, Ordering::Relaxed);
+        if changes.removed > 0 {
+            self.tracked
+                .fetch_sub(changes.removed as usize, Ordering::Relaxed);
         }
         if changes.evicted_capacity > 0 {
             self.evicted_capacity

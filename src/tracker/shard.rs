@@ -11,7 +11,9 @@ const NIL: u32 = u32::MAX;
 /// Expired entries removed per access at most; `purge_expired` takes the rest.
 const SWEEP_PER_ACCESS: usize = 16;
 
-/// A shard: at most `capacity` entries, the most recently seen at `head`.
+/// A shard: its entries on one list, the most recently seen at `head`. How many it may hold
+/// is not its own business: the tracker's global count decides when a new entry must
+/// displace the shard's least recently seen one.
 ///
 /// The index maps the task's 64-bit key hash to its slot; the slot holds the route and id, so
 /// a (vanishingly rare) hash collision is detected and handled as forgetting the other task,
@@ -26,7 +28,6 @@ pub(crate) struct Shard {
     /// Free slots (left by TTL expiry), chained through `next`.
     free: u32,
     len: u32,
-    capacity: u32,
 }
 
 /// One remembered task: 48 bytes plus the id's heap allocation. The snapshot is stored flat,
@@ -47,8 +48,13 @@ struct Slot {
 /// What one write did, for the tracker's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Changes {
+    /// Entries added without a reservation from `admit` (the shard was empty).
     pub added: u32,
+    /// Entries gone from the shard (expired and swept).
+    pub removed: u32,
+    /// Entries displaced by a new one because the tracker was full.
     pub evicted_capacity: u32,
+    /// Entries forgotten for age: swept, or found expired and replaced.
     pub evicted_ttl: u32,
 }
 
@@ -68,7 +74,7 @@ impl Clock {
 // === impl Shard ===
 
 impl Shard {
-    pub fn new(capacity: u32) -> Shard {
+    pub fn new() -> Shard {
         Shard {
             index: HashMap::default(),
             slots: Vec::new(),
@@ -76,7 +82,6 @@ impl Shard {
             tail: NIL,
             free: NIL,
             len: 0,
-            capacity: capacity.clamp(1, NIL - 1),
         }
     }
 
@@ -87,15 +92,15 @@ impl Shard {
     /// The unexpired memory of a task, without touching its recency.
     pub fn get(&self, hash: u64, route: u16, id: &str, clock: Clock) -> Option<Snapshot> {
         let slot = &self.slots[*self.index.get(&hash)? as usize];
-        (slot.route == route && *slot.id == *id && !clock.expired(slot.seen_ms)).then(|| Snapshot {
-            stage: slot.stage,
-            status: slot.status,
-            progress: slot.progress,
-        })
+        (slot.route == route && *slot.id == *id && !clock.expired(slot.seen_ms))
+            .then_some(slot.snapshot())
     }
 
     /// Records what was sent for a task and makes it the most recently seen.
-    /// `rehash` gives the key hash of another entry, needed to unindex an evicted one.
+    ///
+    /// A new task asks `admit` for room in the tracker; refused, it displaces this shard's
+    /// least recently seen entry. `rehash` gives the key hash of another entry, needed to
+    /// unindex a displaced or expired one.
     pub fn put(
         &mut self,
         hash: u64,
@@ -103,10 +108,13 @@ impl Shard {
         id: &str,
         sent: Snapshot,
         clock: Clock,
+        admit: impl FnOnce() -> bool,
         rehash: impl Fn(u16, &str) -> u64,
     ) -> Changes {
+        let swept = self.expire(clock, SWEEP_PER_ACCESS, &rehash);
         let mut changes = Changes {
-            evicted_ttl: self.expire(clock, SWEEP_PER_ACCESS, &rehash),
+            removed: swept,
+            evicted_ttl: swept,
             ..Changes::default()
         };
         let i = match self.index.get(&hash) {
@@ -114,16 +122,11 @@ impl Shard {
                 let slot = &mut self.slots[i as usize];
                 let same = slot.route == route && *slot.id == *id;
                 let before = if same && !clock.expired(slot.seen_ms) {
-                    Snapshot {
-                        stage: slot.stage,
-                        status: slot.status,
-                        progress: slot.progress,
-                    }
+                    slot.snapshot()
                 } else {
                     if same {
                         // Expired but not yet swept: forgotten, then remembered anew.
                         changes.evicted_ttl += 1;
-                        changes.added = 1;
                     } else {
                         slot.id = id.into();
                         slot.route = route;
@@ -135,15 +138,22 @@ impl Shard {
                 i
             }
             None => {
-                let i = if self.len >= self.capacity {
+                let i = if self.len == 0 {
+                    // Nothing here to displace: overshoot the capacity by one rather than
+                    // lock a second shard. Only possible with an empty shard in a full
+                    // tracker, so the overshoot is at most one per shard.
+                    if !admit() {
+                        changes.added = 1;
+                    }
+                    self.alloc()
+                } else if admit() {
+                    self.alloc()
+                } else {
                     changes.evicted_capacity += 1;
                     let victim = self.tail;
                     self.remove(victim, &rehash);
                     victim
-                } else {
-                    self.alloc()
                 };
-                changes.added = 1;
                 let slot = &mut self.slots[i as usize];
                 slot.id = id.into();
                 slot.route = route;
@@ -180,7 +190,7 @@ impl Shard {
     /// Forgets everything; returns how many entries there were.
     pub fn clear(&mut self) -> usize {
         let len = self.len();
-        *self = Shard::new(self.capacity);
+        *self = Shard::new();
         len
     }
 
@@ -195,7 +205,7 @@ impl Shard {
         self.len -= 1;
     }
 
-    /// A slot to fill: a released one, or a new one (the slab grows up to `capacity`, no further).
+    /// A slot to fill: a released one, or a new one.
     fn alloc(&mut self) -> u32 {
         if self.free != NIL {
             let i = self.free;
@@ -203,8 +213,9 @@ impl Shard {
             return i;
         }
         if self.slots.len() == self.slots.capacity() {
-            let room = self.capacity as usize - self.slots.len();
-            self.slots.reserve_exact(self.slots.len().max(8).min(room));
+            // Grow by a quarter rather than double: the slab is most of the memory, and
+            // doubling would leave up to half of it unused.
+            self.slots.reserve_exact((self.slots.len() / 4).max(8));
         }
         self.slots.push(Slot {
             id: Box::default(),
@@ -273,6 +284,14 @@ impl Shard {
 // === impl Slot ===
 
 impl Slot {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            stage: self.stage,
+            status: self.status,
+            progress: self.progress,
+        }
+    }
+
     fn store(&mut self, memory: Snapshot, seen_ms: u64) {
         self.stage = memory.stage;
         self.status = memory.status;

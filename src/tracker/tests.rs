@@ -333,23 +333,25 @@ fn memory_stores_what_was_sent_not_what_was_judged() {
 
 #[test]
 fn disabled_rules_and_configured_levels_are_honoured() {
-    let mut config = TrackerConfig::default();
-    config.rules = BTreeMap::from([
-        (
-            TransitionKind::ProgressRegression,
-            TransitionRuleConfig {
-                enabled: Some(false),
-                ..Default::default()
-            },
-        ),
-        (
-            TransitionKind::StageRegression,
-            TransitionRuleConfig {
-                level: Some(Level::Critical),
-                ..Default::default()
-            },
-        ),
-    ]);
+    let config = TrackerConfig {
+        rules: BTreeMap::from([
+            (
+                TransitionKind::ProgressRegression,
+                TransitionRuleConfig {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+            ),
+            (
+                TransitionKind::StageRegression,
+                TransitionRuleConfig {
+                    level: Some(Level::Critical),
+                    ..Default::default()
+                },
+            ),
+        ]),
+        ..TrackerConfig::default()
+    };
     let t = TaskTracker::new(&config, &ModelConfig::default());
     poll(&t, 0, "t1", &state("running", "source_tracing", 80.0));
     let findings = poll(&t, 0, "t1", &state("running", "init", 10.0));
@@ -416,22 +418,32 @@ fn capacity_evicts_the_least_recently_seen_task() {
 }
 
 #[test]
-fn capacity_is_split_over_shards_and_never_exceeded() {
+fn capacity_is_global_across_shards() {
     let capacity = 32 * 1024;
     let t = tracker_with(capacity, Duration::from_secs(3600));
     assert_eq!(t.shard_count(), 32);
     let s = state("running", "init", 0.0);
-    let tasks = 4 * capacity;
-    for i in 0..tasks {
-        poll(&t, 0, &format!("task-{i}"), &s);
+    for i in 0..capacity {
+        poll(&t, 0, &format!("old-{i}"), &s);
     }
-    // Four times the capacity fills every shard (each expects 4,096 of its 1,024).
+    // Exactly `capacity` tasks fit, however unevenly the hash spreads them.
+    assert_eq!(t.tracked(), capacity);
+    assert_eq!(t.evictions(EvictionReason::Capacity), 0);
+
+    for i in 0..capacity {
+        poll(&t, 0, &format!("new-{i}"), &s);
+    }
     assert_eq!(t.tracked(), capacity);
     assert_eq!(t.remembered().len(), capacity);
-    assert_eq!(
-        t.evictions(EvictionReason::Capacity),
-        (tasks - capacity) as u64
-    );
+    assert_eq!(t.evictions(EvictionReason::Capacity), capacity as u64);
+    // Each new task displaced the oldest of its shard: nearly all of the old ones are gone
+    // (about 1 % survive, in shards that drew fewer new tasks than they held; 5 % is ~40σ).
+    let old_left = t
+        .remembered()
+        .iter()
+        .filter(|(_, id)| id.starts_with("old-"))
+        .count();
+    assert!(old_left < capacity / 20, "{old_left} old tasks left");
 }
 
 #[test]
@@ -565,4 +577,45 @@ fn many_threads_polling_many_tasks_find_exactly_the_injected_regressions() {
     assert_eq!(total.values().sum::<usize>(), 4800);
     assert_eq!(t.tracked(), THREADS * TASKS);
     assert_eq!(t.evictions(EvictionReason::Capacity), 0);
+}
+
+#[test]
+fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
+    use super::shard::{Changes, Clock, Shard};
+    use super::transition::{Snapshot, UNKNOWN};
+
+    let clock = Clock {
+        now_ms: 0,
+        ttl_ms: 1000,
+    };
+    let rehash = |_: u16, _: &str| 7;
+    let at = |progress| Snapshot {
+        progress,
+        ..Snapshot::EMPTY
+    };
+    let mut shard = Shard::new();
+    // Two different tasks forced onto one hash.
+    let first = shard.put(7, 0, "a", at(80.0), clock, || true, rehash);
+    assert_eq!(first, Changes::default());
+    assert_eq!(shard.get(7, 0, "b", clock), None);
+    let second = shard.put(
+        7,
+        0,
+        "b",
+        at(10.0),
+        clock,
+        || unreachable!("not a new entry"),
+        rehash,
+    );
+    assert_eq!(second, Changes::default());
+    assert_eq!(shard.get(7, 0, "a", clock), None);
+    assert_eq!(
+        shard.get(7, 0, "b", clock),
+        Some(Snapshot {
+            stage: UNKNOWN,
+            status: UNKNOWN,
+            progress: 10.0
+        })
+    );
+    assert_eq!(shard.len(), 1);
 }

@@ -47,7 +47,10 @@ fn forwarded_headers_are_added() {
     ]);
     let ip: IpAddr = "192.0.2.7".parse().expect("ip");
     rewrite_request(&mut map, Version::HTTP_11, Some(ip), None, None);
-    assert_eq!(all(&map, "x-forwarded-for"), ["10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"]);
+    assert_eq!(
+        all(&map, "x-forwarded-for"),
+        ["10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"]
+    );
     assert_eq!(all(&map, "x-forwarded-proto"), ["http"]);
     assert_eq!(all(&map, "x-forwarded-host"), ["api.example"]);
     assert_eq!(all(&map, "via"), ["1.1 consistency-sidecar"]);
@@ -109,13 +112,12 @@ fn target_keeps_path_and_query_bytes() {
         scheme: Scheme::HTTP,
         authority: "127.0.0.1:5000".parse().expect("authority"),
     };
-    let uri: Uri = "http://evil.example/a%2Fb/%7E?x=%20&y".parse().expect("uri");
+    let uri: Uri = "http://evil.example/a%2Fb/%7E?x=%20&y"
+        .parse()
+        .expect("uri");
     assert_eq!(
         target.uri_for(&uri).expect("uri").to_string(),
         "http://127.0.0.1:5000/a%2Fb/%7E?x=%20&y"
     );
-    assert_eq!(
-        target.uri_for(&"*".parse().expect("asterisk")),
-        None
-    );
+    assert_eq!(target.uri_for(&"*".parse().expect("asterisk")), None);
 }

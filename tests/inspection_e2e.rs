@@ -1,0 +1,296 @@
+//! End-to-end tests of in-flight inspection: the real sidecar binary in front of the Python
+//! stand-in of the legacy backend, over real sockets. The stand-in keeps its own ledger of the
+//! inconsistencies it injected; the sidecar's `/metrics` must agree with it exactly.
+
+mod standin;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use standin::{decode, get, post, Sidecar, StandIn};
+
+use consistency_sidecar::config::{Config, Mode};
+use consistency_sidecar::engine::{self, NoMemory, Outcome};
+use consistency_sidecar::settings::Settings;
+
+const ROUTES: [&str; 3] = ["task_status", "test_progress", "test_history"];
+const RULES: [&str; 5] = [
+    "completed_stage",
+    "failed_stage",
+    "completed_progress",
+    "failed_progress",
+    "terminal_not_marked",
+];
+
+/// Judges a body the way a client would: the default rules, no memory, nothing patched.
+struct ClientJudge {
+    settings: Settings,
+}
+
+impl ClientJudge {
+    fn new() -> Self {
+        let mut config = Config::default();
+        config.mode = Mode::Observe;
+        ClientJudge {
+            settings: Settings::compile(config).unwrap(),
+        }
+    }
+
+    /// Names of the rules the body breaks (empty: consistent).
+    fn broken_rules(&self, route: usize, body: &[u8]) -> Vec<String> {
+        let body = bytes::Bytes::copy_from_slice(body);
+        let spec = &self.settings.route_specs[route];
+        match engine::inspect(&self.settings.rules, spec, &body, &mut NoMemory).outcome {
+            Outcome::Checked(records) => records
+                .iter()
+                .flat_map(|r| r.issues.iter().map(|i| i.rule.to_string()))
+                .collect(),
+            Outcome::Skipped(reason) => vec![format!("skipped:{}", reason.as_str())],
+        }
+    }
+}
+
+/// Drives tasks through their whole life over every inspected route; returns, per route, the
+/// rules broken in what the client received.
+async fn poll_tasks(sidecar: &Sidecar, judge: &ClientJudge, tasks: usize) -> BTreeMap<String, usize> {
+    let mut seen_broken = BTreeMap::new();
+    let mut ids = Vec::new();
+    for n in 0..tasks {
+        let brand = if n % 4 == 3 { "fail-brand" } else { "brand" };
+        let (status, _, body) = post(
+            sidecar.proxy,
+            "/api/perform-brand-test",
+            &format!(r#"{{"brand_list": ["{brand}-{n}"], "selectedModels": ["m"]}}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let created: Value = serde_json::from_slice(&body).unwrap();
+        ids.push(created["execution_id"].as_str().unwrap().to_string());
+    }
+    let mut note = |route: usize, body: &[u8]| {
+        for rule in judge.broken_rules(route, body) {
+            *seen_broken.entry(format!("{}:{rule}", ROUTES[route])).or_insert(0) += 1;
+        }
+    };
+    // Each poll advances a task one stage; 5 polls finish it, the rest poll a finished task.
+    for round in 0..9 {
+        for id in &ids {
+            let (status, headers, body) = get(sidecar.proxy, &format!("/test/status/{id}")).await;
+            assert_eq!(status, 200);
+            note(0, &decode(&headers, &body));
+            if round % 2 == 1 {
+                let path = format!("/api/test-progress?executionId={id}");
+                let (status, headers, body) = get(sidecar.proxy, &path).await;
+                assert_eq!(status, 200);
+                note(1, &decode(&headers, &body));
+            }
+        }
+        let (status, headers, body) = get(sidecar.proxy, "/api/test-history").await;
+        assert_eq!(status, 200);
+        note(2, &decode(&headers, &body));
+    }
+    seen_broken
+}
+
+/// The sidecar's counters must equal the stand-in's ledger, route by route, rule by rule.
+fn assert_metrics_match_ledger(metrics: &str, ledger: &Value, fixed: bool) {
+    let mut injected_total = 0.0;
+    for route in ROUTES {
+        let entry = &ledger["routes"][route];
+        let value = |key: &str| entry[key].as_f64().unwrap();
+        let series = |name: &str, labels: &[(&str, &str)]| standin::series(metrics, name, labels);
+        assert_eq!(series("consistency_checks_total", &[("route", route)]), value("records"), "{route} checks");
+        assert_eq!(
+            series("consistency_results_total", &[("route", route), ("level", "consistent")]),
+            value("consistent"),
+            "{route} consistent"
+        );
+        assert_eq!(
+            series("consistency_results_total", &[("route", route), ("level", "minor_issue")]),
+            value("minor_issue"),
+            "{route} minor"
+        );
+        for level in ["major_issue", "critical"] {
+            assert_eq!(
+                series("consistency_results_total", &[("route", route), ("level", level)]),
+                0.0,
+                "{route} {level}"
+            );
+        }
+        for rule in RULES {
+            let injected = entry["rules"][rule].as_f64().unwrap();
+            injected_total += injected;
+            assert_eq!(
+                series("consistency_issues_total", &[("route", route), ("rule", rule), ("level", "minor_issue")]),
+                injected,
+                "{route} issues {rule}"
+            );
+            let fixes = series("consistency_fixes_total", &[("route", route), ("rule", rule)]);
+            assert_eq!(fixes, if fixed { injected } else { 0.0 }, "{route} fixes {rule}");
+        }
+    }
+    assert!(injected_total >= 10.0, "the run must inject enough to mean something: {ledger}");
+}
+
+async fn fix_mode_run(extra_standin_args: &[&str]) {
+    let Some(standin) = StandIn::start(&[&["--inject-rate", "0.3", "--seed", "11"], extra_standin_args].concat()) else {
+        return;
+    };
+    let sidecar = Sidecar::start(standin.port, "").await;
+    let judge = ClientJudge::new();
+    let broken = poll_tasks(&sidecar, &judge, 12).await;
+    assert!(broken.is_empty(), "clients saw inconsistent answers in fix mode: {broken:?}");
+    let ledger = standin.ledger().await;
+    let metrics = sidecar.metrics().await;
+    assert_metrics_match_ledger(&metrics, &ledger, true);
+}
+
+#[tokio::test]
+async fn fix_mode_clients_see_only_consistent_answers_and_metrics_equal_the_ledger() {
+    fix_mode_run(&[]).await;
+}
+
+#[tokio::test]
+async fn fix_mode_with_gzip_responses() {
+    fix_mode_run(&["--encoding", "gzip"]).await;
+}
+
+#[tokio::test]
+async fn fix_mode_with_deflate_chunked_responses() {
+    fix_mode_run(&["--encoding", "deflate", "--chunked"]).await;
+}
+
+#[tokio::test]
+async fn fix_mode_with_chunked_responses() {
+    fix_mode_run(&["--chunked"]).await;
+}
+
+#[tokio::test]
+async fn observe_mode_leaves_every_body_untouched_and_counts_the_same() {
+    let Some(standin) = StandIn::start(&["--inject-rate", "0.3", "--seed", "5"]) else {
+        return;
+    };
+    // In observe mode a re-sent injected record looks like a regression to the task memory;
+    // switch those transition rules off so the ledger comparison stays exact.
+    let config = "mode = \"observe\"\n[tracker.rules.stage_regression]\nenabled = false\n\
+                  [tracker.rules.progress_regression]\nenabled = false\n";
+    let sidecar = Sidecar::start(standin.port, config).await;
+    let judge = ClientJudge::new();
+    let broken = poll_tasks(&sidecar, &judge, 12).await;
+    let ledger = standin.ledger().await;
+    // What the clients saw broken is exactly what was injected: nothing was patched.
+    for route in ROUTES {
+        for rule in RULES {
+            let injected = ledger["routes"][route]["rules"][rule].as_u64().unwrap() as usize;
+            let seen = broken.get(&format!("{route}:{rule}")).copied().unwrap_or(0);
+            assert_eq!(seen, injected, "{route} {rule}");
+        }
+    }
+    assert_metrics_match_ledger(&sidecar.metrics().await, &ledger, false);
+}
+
+#[tokio::test]
+async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
+    for chunked in [false, true] {
+        let args: &[&str] = if chunked { &["--chunked"] } else { &[] };
+        let Some(standin) = StandIn::start(args) else {
+            return;
+        };
+        let sidecar = Sidecar::start(standin.port, "").await;
+        let direct = std::net::SocketAddr::from(([127, 0, 0, 1], standin.port));
+        for (special, reason) in [
+            ("__oversize", "too_large"),
+            ("__notjson", "not_json"),
+            ("__malformed", "unparseable"),
+            ("__gzipbomb", "too_large"),
+        ] {
+            let path = format!("/test/status/{special}");
+            let (direct_status, direct_headers, direct_body) = get(direct, &path).await;
+            let (status, headers, body) = get(sidecar.proxy, &path).await;
+            assert_eq!(status, direct_status, "{special}");
+            assert_eq!(body, direct_body, "{special} (chunked: {chunked}) must pass byte for byte");
+            for name in ["content-type", "content-encoding", "content-length"] {
+                assert_eq!(headers.get(name), direct_headers.get(name), "{special} {name}");
+            }
+            let metrics = sidecar.metrics().await;
+            let skipped = standin::series(
+                &metrics,
+                "consistency_skipped_total",
+                &[("route", "task_status"), ("reason", reason)],
+            );
+            assert!(skipped >= 1.0, "{special} counted as {reason}");
+        }
+        let metrics = sidecar.metrics().await;
+        let too_large = standin::series(
+            &metrics,
+            "consistency_skipped_total",
+            &[("route", "task_status"), ("reason", "too_large")],
+        );
+        assert_eq!(too_large, 2.0, "oversize and bomb (chunked: {chunked})");
+        assert_eq!(
+            standin::series(&metrics, "consistency_checks_total", &[("route", "task_status")]),
+            0.0
+        );
+    }
+}
+
+/// The seed's integration flow (e2e_integration_test.py), through the sidecar.
+#[tokio::test]
+async fn seed_integration_flow_through_the_sidecar() {
+    let Some(standin) = StandIn::start(&["--inject-rate", "0.5", "--seed", "3"]) else {
+        return;
+    };
+    let sidecar = Sidecar::start(standin.port, "").await;
+    let proxy = sidecar.proxy;
+
+    let (status, _, body) = get(proxy, "/health").await;
+    assert_eq!(status, 200, "health");
+    let (status, _, body2) = get(proxy, "/api/test").await;
+    assert_eq!(status, 200);
+    let message: Value = serde_json::from_slice(&body2).unwrap();
+    assert_eq!(message["message"], "Backend is working", "{}", String::from_utf8_lossy(&body));
+
+    for brand in ["Acme", "fail-Acme"] {
+        let (status, _, body) = post(proxy, "/api/perform-brand-test", &format!(r#"{{"brand_list": ["{brand}"]}}"#)).await;
+        assert_eq!(status, 200);
+        let id = serde_json::from_slice::<Value>(&body).unwrap()["execution_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut last = Value::Null;
+        for _ in 0..20 {
+            let (status, headers, body) = get(proxy, &format!("/test/status/{id}")).await;
+            assert_eq!(status, 200);
+            let record: Value = serde_json::from_slice(&decode(&headers, &body)).unwrap();
+            let (s, stage, done) = (&record["status"], &record["stage"], &record["is_completed"]);
+            match s.as_str().unwrap() {
+                "completed" => assert!(stage == "completed" && done == true && record["progress"] == 100, "{record}"),
+                "failed" => assert!(stage == "failed" && done == true && record["progress"] == 0, "{record}"),
+                _ => assert!(done == false && stage != "completed" && stage != "failed", "{record}"),
+            }
+            last = record;
+            if done == true {
+                break;
+            }
+        }
+        let expected = if brand.starts_with("fail") { "failed" } else { "completed" };
+        assert_eq!(last["status"], expected, "task reached its end");
+        let (status, _, body) = get(proxy, &format!("/api/deep-intelligence/{id}")).await;
+        if expected == "completed" {
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let result: Value = serde_json::from_slice(&body).unwrap();
+            assert!(result["data"].is_object());
+        } else {
+            assert_eq!(status, 400);
+        }
+    }
+
+    // The failure scenario: no brand → the backend's 400 passes through as it is.
+    let direct = std::net::SocketAddr::from(([127, 0, 0, 1], standin.port));
+    let (direct_status, _, direct_body) = post(direct, "/api/perform-brand-test", "{}").await;
+    let (status, _, body) = post(proxy, "/api/perform-brand-test", "{}").await;
+    assert_eq!((status, &body), (direct_status, &direct_body));
+    assert_eq!(status, 400);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert!(error["error"].is_string());
+}
