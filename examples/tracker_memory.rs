@@ -1,7 +1,7 @@
 //! Measures the task memory: RSS with 100,000 tracked tasks against an empty tracker, and
 //! judge + remember throughput with one thread per CPU on the same tasks.
 //!
-//! `cargo run --release --example tracker_memory` (Linux: reads /proc/self/status).
+//! `cargo run --release --example tracker_memory [uuid|short]` (Linux: reads /proc/self/status).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -62,25 +62,33 @@ fn bytes_per_task(label: &str, id: impl Fn(&mut String, usize)) -> Arc<TaskTrack
     tracker
 }
 
-fn main() {
-    bytes_per_task("UUID ids (36 bytes)", |out, i| {
-        out.clear();
-        let _ = write!(out, "{:08x}-7c1e-4b2a-9f00-{:012x}", i, i * 7919);
-    });
-    bytes_per_task("short ids (\"task-12345\")", |out, i| {
-        out.clear();
-        let _ = write!(out, "task-{i}");
-    });
+fn uuid(out: &mut String, i: usize) {
+    out.clear();
+    let _ = write!(out, "{:08x}-7c1e-4b2a-9f00-{:012x}", i, i * 7919);
+}
 
-    // Contended: one thread per CPU polling the same 100,000 tasks, each poll judge + remember.
+fn short(out: &mut String, i: usize) {
+    out.clear();
+    let _ = write!(out, "task-{i}");
+}
+
+fn main() {
+    // One fill per process: a second would reuse the heap the first freed and hide its cost.
+    let (label, make): (&str, fn(&mut String, usize)) = match std::env::args().nth(1).as_deref() {
+        Some("short") => ("short ids (\"task-12345\")", short),
+        _ => ("UUID ids (36 bytes)", uuid),
+    };
+    let tracker = bytes_per_task(label, make);
+
+    // Contended: one thread per CPU polling the same tasks, each poll judge + remember.
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let tracker = bytes_per_task("UUID ids, for the run below", |out, i| {
-        out.clear();
-        let _ = write!(out, "{:08x}-7c1e-4b2a-9f00-{:012x}", i, i * 7919);
-    });
     let ids: Arc<Vec<String>> = Arc::new(
         (0..TASKS)
-            .map(|i| format!("{:08x}-7c1e-4b2a-9f00-{:012x}", i, i * 7919))
+            .map(|i| {
+                let mut id = String::new();
+                make(&mut id, i);
+                id
+            })
             .collect(),
     );
     let started = Instant::now();

@@ -20,7 +20,10 @@ fn exprs(d: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for p in panels(d) {
         for t in p["targets"].as_array().into_iter().flatten() {
-            out.push((p["title"].as_str().unwrap_or("?").to_string(), t["expr"].as_str().expect("expr").to_string()));
+            out.push((
+                p["title"].as_str().unwrap_or("?").to_string(),
+                t["expr"].as_str().expect("expr").to_string(),
+            ));
         }
     }
     for a in d["annotations"]["list"].as_array().into_iter().flatten() {
@@ -36,24 +39,53 @@ fn dashboard_is_templated_with_a_fixed_uid() {
     let d = dashboard();
     assert_eq!(d["uid"], "consistency-sidecar");
     let vars = d["templating"]["list"].as_array().expect("templating");
-    let var = |name: &str| vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no ${name} variable"));
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no ${name} variable"))
+    };
     assert_eq!(var("datasource")["type"], "datasource");
     assert_eq!(var("datasource")["query"], "prometheus");
-    assert!(var("job")["query"]["query"].as_str().unwrap().contains("label_values("));
-    assert!(var("instance")["query"]["query"].as_str().unwrap().contains("$job"));
+    assert!(var("job")["query"]["query"]
+        .as_str()
+        .unwrap()
+        .contains("label_values("));
+    assert!(var("instance")["query"]["query"]
+        .as_str()
+        .unwrap()
+        .contains("$job"));
 
     let mut ids = BTreeSet::new();
     for p in panels(&d) {
-        assert!(ids.insert(p["id"].as_i64().expect("id")), "duplicate panel id {}", p["id"]);
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {}", p["title"]);
+        assert!(
+            ids.insert(p["id"].as_i64().expect("id")),
+            "duplicate panel id {}",
+            p["id"]
+        );
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "panel {}",
+            p["title"]
+        );
         for t in p["targets"].as_array().into_iter().flatten() {
-            assert_eq!(t["datasource"]["uid"], "${datasource}", "panel {}", p["title"]);
+            assert_eq!(
+                t["datasource"]["uid"], "${datasource}",
+                "panel {}",
+                p["title"]
+            );
             let e = t["expr"].as_str().unwrap();
-            assert!(e.contains("$job") && e.contains("$instance"), "panel {}: {e}", p["title"]);
+            assert!(
+                e.contains("$job") && e.contains("$instance"),
+                "panel {}: {e}",
+                p["title"]
+            );
         }
     }
 
-    let titles: Vec<String> = panels(&d).iter().map(|p| p["title"].as_str().unwrap().to_lowercase()).collect();
+    let titles: Vec<String> = panels(&d)
+        .iter()
+        .map(|p| p["title"].as_str().unwrap().to_lowercase())
+        .collect();
     for wanted in [
         "consistency ratio",
         "error budget",
@@ -69,18 +101,30 @@ fn dashboard_is_templated_with_a_fixed_uid() {
         "tracked tasks",
         "memory",
     ] {
-        assert!(titles.iter().any(|t| t.contains(wanted)), "no panel about {wanted:?}: {titles:#?}");
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "no panel about {wanted:?}: {titles:#?}"
+        );
     }
     // The ratio graph draws the 99% objective.
-    let ratio = panels(&d).into_iter().find(|p| p["title"] == "Consistency ratio by route").expect("ratio panel");
+    let ratio = panels(&d)
+        .into_iter()
+        .find(|p| p["title"] == "Consistency ratio by route")
+        .expect("ratio panel");
     let defaults = &ratio["fieldConfig"]["defaults"];
     assert_eq!(defaults["custom"]["thresholdsStyle"]["mode"], "line");
-    assert!(defaults["thresholds"]["steps"].as_array().unwrap().iter().any(|s| s["value"] == 0.99));
+    assert!(defaults["thresholds"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["value"] == 0.99));
 
     // Alerts link here.
     let rules = read(&deploy("prometheus/rules.yml"));
     assert!(rules.contains("dashboard: /d/consistency-sidecar/"));
-    let provider = yaml::parse(&read(&deploy("grafana/provisioning/dashboards/consistency-sidecar.yaml")));
+    let provider = yaml::parse(&read(&deploy(
+        "grafana/provisioning/dashboards/consistency-sidecar.yaml",
+    )));
     assert_eq!(provider.get("providers").seq()[0].get("type").str(), "file");
 }
 
@@ -97,14 +141,19 @@ fn dashboard_queries_use_documented_metrics() {
                 continue;
             }
             let base = word.strip_suffix("_bucket").unwrap_or(word);
-            assert!(design.contains(base), "{title}: {word} is not a metric in docs/DESIGN.md");
+            assert!(
+                design.contains(base),
+                "{title}: {word} is not a metric in docs/DESIGN.md"
+            );
         }
     }
 }
 
 #[test]
 fn dashboard_queries_are_valid_promql() {
-    let Some(promtool) = tool("promtool") else { return };
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
     // Grafana's variables replaced by values, each query made a recording rule for promtool.
     let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, (_, e)) in exprs(&dashboard()).iter().enumerate() {
@@ -113,9 +162,16 @@ fn dashboard_queries_are_valid_promql() {
             .replace("$__range", "1h")
             .replace("$job", ".+")
             .replace("$instance", ".+");
-        file.push_str(&format!("      - record: dashboard:query_{i}:test\n        expr: '{}'\n", e.replace('\'', "''")));
+        file.push_str(&format!(
+            "      - record: dashboard:query_{i}:test\n        expr: '{}'\n",
+            e.replace('\'', "''")
+        ));
     }
     let tmp = TempDir::new("deploy-grafana");
     let path = tmp.write("dashboard-queries.yml", &file);
-    run_ok(&promtool, &["check", "rules", path.to_str().unwrap()], tmp.path());
+    run_ok(
+        &promtool,
+        &["check", "rules", path.to_str().unwrap()],
+        tmp.path(),
+    );
 }

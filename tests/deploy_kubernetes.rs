@@ -19,18 +19,32 @@ fn manifest(name: &str) -> Yaml {
 /// Parses and validates a sidecar TOML exactly as `consistency-sidecar run --config` would.
 fn sidecar_config(text: &str, origin: &str) -> Config {
     let config = config::parse(text).unwrap_or_else(|e| panic!("{origin}: {e}"));
-    config.validate().unwrap_or_else(|e| panic!("{origin}: {e}"));
+    config
+        .validate()
+        .unwrap_or_else(|e| panic!("{origin}: {e}"));
     config
 }
 
 fn port_of(container: &Yaml, name: &str) -> u16 {
-    container.get("ports").find("name", name).get("containerPort").str().parse().expect("port number")
+    container
+        .get("ports")
+        .find("name", name)
+        .get("containerPort")
+        .str()
+        .parse()
+        .expect("port number")
 }
 
 fn labels_match(selector: &Yaml, labels: &Yaml) {
-    let Yaml::Map(wanted) = selector else { panic!("selector is not a map: {selector:?}") };
+    let Yaml::Map(wanted) = selector else {
+        panic!("selector is not a map: {selector:?}")
+    };
     for (k, v) in wanted {
-        assert_eq!(labels.opt(k), Some(v), "label {k} of the selector is not on the pod template");
+        assert_eq!(
+            labels.opt(k),
+            Some(v),
+            "label {k} of the selector is not on the pod template"
+        );
     }
 }
 
@@ -52,24 +66,44 @@ fn kustomization_lists_every_manifest() {
     let kustomization = manifest("kustomization.yaml");
     let listed: Vec<&str> = kustomization.get("resources").strs();
     for entry in std::fs::read_dir(deploy("kubernetes")).expect("deploy/kubernetes") {
-        let name = entry.expect("dir entry").file_name().to_string_lossy().to_string();
+        let name = entry
+            .expect("dir entry")
+            .file_name()
+            .to_string_lossy()
+            .to_string();
         if name.ends_with(".yaml") && name != "kustomization.yaml" {
-            assert!(listed.contains(&name.as_str()), "{name} is not in kustomization.yaml");
+            assert!(
+                listed.contains(&name.as_str()),
+                "{name} is not in kustomization.yaml"
+            );
         }
     }
     for name in &listed {
-        assert!(deploy(&format!("kubernetes/{name}")).is_file(), "{name} listed but missing");
+        assert!(
+            deploy(&format!("kubernetes/{name}")).is_file(),
+            "{name} listed but missing"
+        );
     }
     // kubectl is not a CI requirement; where it exists, kustomize must build the set.
     if let Some(kubectl) = which("kubectl") {
-        let out = run(&kubectl, &["kustomize", deploy("kubernetes").to_str().unwrap()], &repo());
-        assert!(out.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(
+            &kubectl,
+            &["kustomize", deploy("kubernetes").to_str().unwrap()],
+            &repo(),
+        );
+        assert!(
+            out.status.success(),
+            "kubectl kustomize: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 #[test]
@@ -89,7 +123,10 @@ fn pod_service_configmap_and_podmonitor_line_up() {
 
     let template = deployment.at(&["spec", "template"]);
     let pod_labels = template.at(&["metadata", "labels"]);
-    labels_match(deployment.at(&["spec", "selector", "matchLabels"]), pod_labels);
+    labels_match(
+        deployment.at(&["spec", "selector", "matchLabels"]),
+        pod_labels,
+    );
     let pod = template.get("spec");
     let containers = pod.get("containers");
     let sidecar = containers.find("name", "consistency-sidecar");
@@ -101,15 +138,33 @@ fn pod_service_configmap_and_podmonitor_line_up() {
     let admin_port = port_of(sidecar, "admin");
     assert_eq!(http_port, 8080);
     assert_eq!(admin_port, 9464);
-    assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], http_port)), "listen");
-    assert_eq!(config.admin_listen, SocketAddr::from(([0, 0, 0, 0], admin_port)), "admin_listen");
+    assert_eq!(
+        config.listen,
+        SocketAddr::from(([0, 0, 0, 0], http_port)),
+        "listen"
+    );
+    assert_eq!(
+        config.admin_listen,
+        SocketAddr::from(([0, 0, 0, 0], admin_port)),
+        "admin_listen"
+    );
 
     // The backend listens on loopback only, where the sidecar's upstream points.
     assert_eq!(config.upstream.uri.to_string(), "http://127.0.0.1:5000/");
     let backend_args = backend.get("args").strs();
-    let bind = backend_args.iter().position(|a| *a == "--bind").map(|i| backend_args[i + 1]);
-    assert_eq!(bind, Some("127.0.0.1:5000"), "backend args: {backend_args:?}");
-    assert!(backend.opt("ports").is_none(), "the backend must not expose a port outside the pod");
+    let bind = backend_args
+        .iter()
+        .position(|a| *a == "--bind")
+        .map(|i| backend_args[i + 1]);
+    assert_eq!(
+        bind,
+        Some("127.0.0.1:5000"),
+        "backend args: {backend_args:?}"
+    );
+    assert!(
+        backend.opt("ports").is_none(),
+        "the backend must not expose a port outside the pod"
+    );
 
     // Probes on the admin port.
     let probe = |kind: &str| sidecar.at(&[kind, "httpGet"]);
@@ -122,26 +177,45 @@ fn pod_service_configmap_and_podmonitor_line_up() {
     // The config file: ConfigMap -> volume -> mount -> --config.
     let args = sidecar.get("args").strs();
     assert_eq!(args, vec!["run", "--config", CONFIG_PATH]);
-    let mount = sidecar.get("volumeMounts").seq().iter().find(|m| {
-        format!("{}/sidecar.toml", m.get("mountPath").str()) == CONFIG_PATH
-    });
+    let mount = sidecar
+        .get("volumeMounts")
+        .seq()
+        .iter()
+        .find(|m| format!("{}/sidecar.toml", m.get("mountPath").str()) == CONFIG_PATH);
     let mount = mount.expect("a volume mounted at the config's directory");
     let volume = pod.get("volumes").find("name", mount.get("name").str());
-    assert_eq!(volume.at(&["configMap", "name"]).str(), configmap.at(&["metadata", "name"]).str());
+    assert_eq!(
+        volume.at(&["configMap", "name"]).str(),
+        configmap.at(&["metadata", "name"]).str()
+    );
 
     // Requests and limits on every container.
     for c in containers.seq() {
         let name = c.get("name").str();
         let res = c.get("resources");
         for key in ["cpu", "memory"] {
-            assert!(res.at(&["requests"]).opt(key).is_some(), "{name}: no {key} request");
+            assert!(
+                res.at(&["requests"]).opt(key).is_some(),
+                "{name}: no {key} request"
+            );
         }
-        assert!(res.at(&["limits"]).opt("memory").is_some(), "{name}: no memory limit");
+        assert!(
+            res.at(&["limits"]).opt("memory").is_some(),
+            "{name}: no memory limit"
+        );
     }
 
     // Shutdown: the drain fits in the grace period.
-    let grace: u64 = pod.get("terminationGracePeriodSeconds").str().parse().expect("seconds");
-    let pre_stop: u64 = sidecar.at(&["lifecycle", "preStop", "exec", "command"]).strs()[1].parse().expect("sleep seconds");
+    let grace: u64 = pod
+        .get("terminationGracePeriodSeconds")
+        .str()
+        .parse()
+        .expect("seconds");
+    let pre_stop: u64 = sidecar
+        .at(&["lifecycle", "preStop", "exec", "command"])
+        .strs()[1]
+        .parse()
+        .expect("sleep seconds");
     assert!(
         grace > pre_stop + config.proxy.shutdown_grace.0.as_secs(),
         "terminationGracePeriodSeconds {grace} <= preStop {pre_stop}s + shutdown_grace {:?}",
@@ -157,17 +231,27 @@ fn pod_service_configmap_and_podmonitor_line_up() {
     // Scrape annotations point at the admin port's /metrics.
     let annotations = template.at(&["metadata", "annotations"]);
     assert_eq!(annotations.get("prometheus.io/scrape").str(), "true");
-    assert_eq!(annotations.get("prometheus.io/port").str(), admin_port.to_string());
+    assert_eq!(
+        annotations.get("prometheus.io/port").str(),
+        admin_port.to_string()
+    );
     assert_eq!(annotations.get("prometheus.io/path").str(), "/metrics");
 
     // The Service sends clients to the sidecar, never to the backend or the admin port.
     labels_match(service.at(&["spec", "selector"]), pod_labels);
     let service_ports = service.at(&["spec", "ports"]).seq();
-    assert_eq!(service_ports.len(), 1, "only the proxy port is a Service port");
+    assert_eq!(
+        service_ports.len(),
+        1,
+        "only the proxy port is a Service port"
+    );
     assert_eq!(service_ports[0].get("targetPort").str(), "http");
 
     // The PodMonitor scrapes the same port and path, as job consistency-sidecar.
-    labels_match(podmonitor.at(&["spec", "selector", "matchLabels"]), pod_labels);
+    labels_match(
+        podmonitor.at(&["spec", "selector", "matchLabels"]),
+        pod_labels,
+    );
     let endpoint = &podmonitor.at(&["spec", "podMetricsEndpoints"]).seq()[0];
     assert_eq!(endpoint.get("port").str(), "admin");
     assert_eq!(endpoint.get("path").str(), "/metrics");
@@ -181,11 +265,18 @@ fn pod_service_configmap_and_podmonitor_line_up() {
     let keep_port = relabel
         .seq()
         .iter()
-        .find(|r| r.get("source_labels").strs() == vec!["__meta_kubernetes_pod_container_port_name"])
+        .find(|r| {
+            r.get("source_labels").strs() == vec!["__meta_kubernetes_pod_container_port_name"]
+        })
         .expect("a keep on the container port name");
     assert_eq!(keep_port.get("regex").str(), "admin");
-    assert_eq!(relabel.find("target_label", "job").get("replacement").str(), "consistency-sidecar");
-    let namespaces = scrape.get("kubernetes_sd_configs").seq()[0].at(&["namespaces", "names"]).strs();
+    assert_eq!(
+        relabel.find("target_label", "job").get("replacement").str(),
+        "consistency-sidecar"
+    );
+    let namespaces = scrape.get("kubernetes_sd_configs").seq()[0]
+        .at(&["namespaces", "names"])
+        .strs();
     let kustomization = manifest("kustomization.yaml");
     assert_eq!(namespaces, vec![kustomization.get("namespace").str()]);
 }
@@ -193,8 +284,16 @@ fn pod_service_configmap_and_podmonitor_line_up() {
 #[test]
 fn dockerfile_builds_a_small_non_root_image_with_both_ports() {
     let text = read(&deploy("Dockerfile"));
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
-    let froms: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("FROM ")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
     assert!(froms.len() >= 2, "multi-stage build expected: {froms:?}");
     assert!(froms[0].contains(" AS builder"), "{froms:?}");
     let runtime = froms.last().unwrap();
@@ -202,9 +301,20 @@ fn dockerfile_builds_a_small_non_root_image_with_both_ports() {
         runtime.contains("debian:bookworm-slim") || runtime.contains("distroless"),
         "small runtime image: {runtime}"
     );
-    let user = lines.iter().rev().find_map(|l| l.strip_prefix("USER ")).expect("USER");
-    assert!(!user.starts_with("root") && !user.starts_with("0"), "USER {user}");
-    let expose: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("EXPOSE ")).flat_map(str::split_whitespace).collect();
+    let user = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "USER {user}"
+    );
+    let expose: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(str::split_whitespace)
+        .collect();
     assert_eq!(expose, vec!["8080", "9464"]);
     assert!(text.contains(&format!("COPY deploy/docker/sidecar.toml {CONFIG_PATH}")));
     assert!(text.contains(&format!(r#"CMD ["run", "--config", "{CONFIG_PATH}"]"#)));
@@ -216,26 +326,48 @@ fn dockerfile_builds_a_small_non_root_image_with_both_ports() {
             }
             let parts: Vec<&str> = rest.split_whitespace().collect();
             for src in &parts[..parts.len() - 1] {
-                assert!(repo().join(src).exists(), "COPY source {src} does not exist");
+                assert!(
+                    repo().join(src).exists(),
+                    "COPY source {src} does not exist"
+                );
             }
         }
     }
 
     // The image's config: ports as exposed, reachable from outside the container.
-    let config = sidecar_config(&read(&deploy("docker/sidecar.toml")), "deploy/docker/sidecar.toml");
+    let config = sidecar_config(
+        &read(&deploy("docker/sidecar.toml")),
+        "deploy/docker/sidecar.toml",
+    );
     assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 8080)));
     assert_eq!(config.admin_listen, SocketAddr::from(([0, 0, 0, 0], 9464)));
 }
 
 #[test]
 fn systemd_config_matches_the_static_scrape_target() {
-    let config = sidecar_config(&read(&deploy("systemd/sidecar.toml")), "deploy/systemd/sidecar.toml");
+    let config = sidecar_config(
+        &read(&deploy("systemd/sidecar.toml")),
+        "deploy/systemd/sidecar.toml",
+    );
     let prom = yaml::parse(&read(&deploy("prometheus/prometheus.yml")));
-    let job = prom.get("scrape_configs").find("job_name", "consistency-sidecar");
+    let job = prom
+        .get("scrape_configs")
+        .find("job_name", "consistency-sidecar");
     let target = job.get("static_configs").seq()[0].get("targets").strs()[0].to_string();
-    assert_eq!(target, config.admin_listen.to_string(), "Prometheus scrapes the admin port");
-    assert_eq!(Config::default().admin_listen.to_string(), target, "and it is the default admin address");
-    assert_eq!(job.opt("metrics_path").map(Yaml::str).unwrap_or("/metrics"), "/metrics");
+    assert_eq!(
+        target,
+        config.admin_listen.to_string(),
+        "Prometheus scrapes the admin port"
+    );
+    assert_eq!(
+        Config::default().admin_listen.to_string(),
+        target,
+        "and it is the default admin address"
+    );
+    assert_eq!(
+        job.opt("metrics_path").map(Yaml::str).unwrap_or("/metrics"),
+        "/metrics"
+    );
 
     let unit = read(&deploy("systemd/consistency-sidecar.service"));
     assert!(unit.contains(&format!(

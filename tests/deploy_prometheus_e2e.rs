@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use deploy_support::{
-    deploy, free_port, get, http, missing, repo, run_ok, spawn_listening, spawn_logged, tool, wait_for, ChildGuard,
-    TempDir,
+    deploy, free_port, get, http, missing, repo, run_ok, spawn_listening, spawn_logged, tool,
+    wait_for, ChildGuard, TempDir,
 };
 use serde_json::Value;
 
@@ -62,23 +62,37 @@ fn start(inject_rate: &str) -> Option<Stack> {
     cmd.arg(&standin_script)
         .args(["--port", "0", "--inject-rate", inject_rate, "--seed", "7"])
         .current_dir(repo());
-    let (standin, backend_port) =
-        spawn_listening("stand-in", cmd, tmp.path().join("standin.log"), Duration::from_secs(15));
+    let (standin, backend_port) = spawn_listening(
+        "stand-in",
+        cmd,
+        tmp.path().join("standin.log"),
+        Duration::from_secs(15),
+    );
     let backend = format!("127.0.0.1:{backend_port}");
 
     // The sidecar binary in front of it.
-    let (proxy, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let (proxy, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
     let config = tmp.write(
         "sidecar.toml",
         &format!("listen = \"{proxy}\"\nupstream = \"http://{backend}\"\nadmin_listen = \"{admin}\"\nmode = \"fix\"\n"),
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"));
-    cmd.args(["run", "--config"]).arg(&config).env("RUST_LOG", "warn");
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn");
     let mut sidecar = spawn_logged("sidecar", cmd, tmp.path().join("sidecar.log"));
-    wait_for("the sidecar's /readyz", Duration::from_secs(20), Duration::from_millis(100), || {
-        sidecar.assert_running();
-        get(&admin, "/readyz").ok().filter(|r| r.status == 200)
-    });
+    wait_for(
+        "the sidecar's /readyz",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            sidecar.assert_running();
+            get(&admin, "/readyz").ok().filter(|r| r.status == 200)
+        },
+    );
 
     // Prometheus with the short-window rules generated from rules.yml.
     let rules = tmp.path().join("rules.short.yml");
@@ -103,14 +117,22 @@ fn start(inject_rate: &str) -> Option<Stack> {
     );
     let mut cmd = Command::new(&prometheus);
     cmd.arg(format!("--config.file={}", prom_config.display()))
-        .arg(format!("--storage.tsdb.path={}", tmp.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            tmp.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={prom}"))
         .current_dir(tmp.path());
     let mut prometheus = spawn_logged("prometheus", cmd, tmp.path().join("prometheus.log"));
-    wait_for("Prometheus /-/ready", Duration::from_secs(30), Duration::from_millis(200), || {
-        prometheus.assert_running();
-        get(&prom, "/-/ready").ok().filter(|r| r.status == 200)
-    });
+    wait_for(
+        "Prometheus /-/ready",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            prometheus.assert_running();
+            get(&prom, "/-/ready").ok().filter(|r| r.status == 200)
+        },
+    );
 
     Some(Stack {
         load: None,
@@ -143,7 +165,9 @@ impl Load {
             .map(|n| {
                 let (stop, requests, errors) = (stop.clone(), requests.clone(), errors.clone());
                 let proxy = proxy.to_string();
-                std::thread::spawn(move || poll_loop(&proxy, n as u64, limit, &stop, &requests, &errors))
+                std::thread::spawn(move || {
+                    poll_loop(&proxy, n as u64, limit, &stop, &requests, &errors)
+                })
             })
             .collect();
         Load {
@@ -170,7 +194,14 @@ impl Load {
     }
 }
 
-fn poll_loop(proxy: &str, seed: u64, limit: Duration, stop: &AtomicBool, requests: &AtomicU64, errors: &AtomicU64) {
+fn poll_loop(
+    proxy: &str,
+    seed: u64,
+    limit: Duration,
+    stop: &AtomicBool,
+    requests: &AtomicU64,
+    errors: &AtomicU64,
+) {
     let started = Instant::now();
     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
@@ -188,7 +219,14 @@ fn poll_loop(proxy: &str, seed: u64, limit: Duration, stop: &AtomicBool, request
         let result = if tasks.is_empty() || i % 16 == 0 {
             let brand = format!("brand-{seed}-{i}");
             let body = format!(r#"{{"brand_list":["{brand}"]}}"#);
-            http("POST", proxy, "/api/perform-brand-test", Some(&body), timeout).map(|r| {
+            http(
+                "POST",
+                proxy,
+                "/api/perform-brand-test",
+                Some(&body),
+                timeout,
+            )
+            .inspect(|r| {
                 let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
                 if let Some(id) = v["execution_id"].as_str() {
                     tasks.push(id.to_string());
@@ -196,7 +234,6 @@ fn poll_loop(proxy: &str, seed: u64, limit: Duration, stop: &AtomicBool, request
                         tasks.remove(0);
                     }
                 }
-                r
             })
         } else if i % 25 == 0 {
             http("GET", proxy, "/api/test-history", None, timeout)
@@ -208,14 +245,16 @@ fn poll_loop(proxy: &str, seed: u64, limit: Duration, stop: &AtomicBool, request
         if !matches!(result, Ok(ref r) if r.status < 500) {
             errors.fetch_add(1, Ordering::Relaxed);
         }
-        std::thread::sleep(Duration::from_millis(3));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 fn encode(q: &str) -> String {
     q.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -236,18 +275,27 @@ fn alert_state(prom: &str) -> Option<String> {
 fn query(prom: &str, q: &str) -> Option<f64> {
     let resp = get(prom, &format!("/api/v1/query?query={}", encode(q))).ok()?;
     let v: Value = serde_json::from_str(&resp.body).ok()?;
-    v["data"]["result"].as_array()?.first()?["value"][1].as_str()?.parse().ok()
+    v["data"]["result"].as_array()?.first()?["value"][1]
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 /// What Prometheus, the sidecar and the stand-in saw, for a failure message.
 fn diagnose(stack: &Stack) -> String {
     let q = |e: &str| format!("{e} = {:?}", query(&stack.prom, e));
-    let metrics = get(&stack.admin, "/metrics").map(|r| r.body).unwrap_or_default();
+    let metrics = get(&stack.admin, "/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default();
     let counters: Vec<&str> = metrics
         .lines()
-        .filter(|l| l.starts_with("consistency_checks_total") || l.starts_with("consistency_results_total"))
+        .filter(|l| {
+            l.starts_with("consistency_checks_total") || l.starts_with("consistency_results_total")
+        })
         .collect();
-    let ledger = get(&stack.backend, "/__ledger").map(|r| r.body).unwrap_or_default();
+    let ledger = get(&stack.backend, "/__ledger")
+        .map(|r| r.body)
+        .unwrap_or_default();
     format!(
         "\nload: {}\n{}\n{}\n{}\nsidecar counters:\n{}\nledger: {}{}{}{}",
         stack.load.as_ref().map(Load::stats).unwrap_or_default(),
@@ -264,7 +312,9 @@ fn diagnose(stack: &Stack) -> String {
 
 #[test]
 fn ratio_alert_fires_at_five_percent_inconsistent() {
-    let Some(mut stack) = start("0.05") else { return };
+    let Some(mut stack) = start("0.05") else {
+        return;
+    };
     stack.load = Some(Load::start(&stack.proxy, 4, Duration::from_secs(100)));
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut states = Vec::new();
@@ -278,18 +328,29 @@ fn ratio_alert_fires_at_five_percent_inconsistent() {
             break;
         }
         if Instant::now() > deadline {
-            panic!("{ALERT} never fired in 90s; states seen: {states:?}{}", diagnose(&stack));
+            panic!(
+                "{ALERT} never fired in 90s; states seen: {states:?}{}",
+                diagnose(&stack)
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let ratio = query(&stack.prom, "job:consistency_consistent_records:ratio_rate30m");
-    assert!(ratio.is_some_and(|r| r < 0.99), "firing with ratio {ratio:?}");
+    let ratio = query(
+        &stack.prom,
+        "job:consistency_consistent_records:ratio_rate30m",
+    );
+    assert!(
+        ratio.is_some_and(|r| r < 0.99),
+        "firing with ratio {ratio:?}"
+    );
     eprintln!("{ALERT}: states {states:?}, ratio {ratio:?}");
 }
 
 #[test]
 fn ratio_alert_stays_inactive_at_a_fifth_of_a_percent() {
-    let Some(mut stack) = start("0.002") else { return };
+    let Some(mut stack) = start("0.002") else {
+        return;
+    };
     stack.load = Some(Load::start(&stack.proxy, 4, Duration::from_secs(60)));
     // Long enough for the 20s window to fill and for `for: 5s` to have elapsed twice over.
     let until = Instant::now() + Duration::from_secs(45);
@@ -298,10 +359,20 @@ fn ratio_alert_stays_inactive_at_a_fifth_of_a_percent() {
     while Instant::now() < until {
         stack.sidecar.assert_running();
         let state = alert_state(&stack.prom);
-        assert_ne!(state.as_deref(), Some("firing"), "{ALERT} fired at 0.2%{}", diagnose(&stack));
+        assert_ne!(
+            state.as_deref(),
+            Some("firing"),
+            "{ALERT} fired at 0.2%{}",
+            diagnose(&stack)
+        );
         // The guard is met and the ratio recorded: the silence is a measured one, not an empty one.
         let guard = query(&stack.prom, "job:consistency_checks:rate30m").is_some_and(|r| r >= 0.1);
-        if let Some(r) = query(&stack.prom, "job:consistency_consistent_records:ratio_rate30m").filter(|_| guard) {
+        if let Some(r) = query(
+            &stack.prom,
+            "job:consistency_consistent_records:ratio_rate30m",
+        )
+        .filter(|_| guard)
+        {
             evaluated += 1;
             lowest = lowest.min(r);
         }
@@ -312,7 +383,14 @@ fn ratio_alert_stays_inactive_at_a_fifth_of_a_percent() {
         "the ratio was evaluated with enough traffic only {evaluated} times{}",
         diagnose(&stack)
     );
-    assert!(lowest >= 0.99, "lowest 20s ratio {lowest}{}", diagnose(&stack));
-    assert_eq!(query(&stack.prom, &format!("up{{job=\"{JOB}\"}}")), Some(1.0));
+    assert!(
+        lowest >= 0.99,
+        "lowest 20s ratio {lowest}{}",
+        diagnose(&stack)
+    );
+    assert_eq!(
+        query(&stack.prom, &format!("up{{job=\"{JOB}\"}}")),
+        Some(1.0)
+    );
     eprintln!("{ALERT} inactive; lowest ratio {lowest}, {evaluated} evaluations");
 }

@@ -16,7 +16,9 @@ fn rules() -> RuleFile {
 
 #[test]
 fn promtool_check_rules() {
-    let Some(promtool) = tool("promtool") else { return };
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
     let dir = deploy("prometheus");
     let out = run_ok(&promtool, &["check", "rules", "rules.yml"], &dir);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -25,7 +27,9 @@ fn promtool_check_rules() {
 
 #[test]
 fn promtool_test_rules() {
-    let Some(promtool) = tool("promtool") else { return };
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
     let dir = deploy("prometheus");
     run_ok(&promtool, &["test", "rules", "rules.test.yml"], &dir);
 }
@@ -42,11 +46,18 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "ConsistencyUpstreamErrors",
         "ConsistencyInspectionSkipped",
     ] {
-        assert!(alerts.iter().any(|a| a == expected), "rules.yml has no alert {expected}");
+        assert!(
+            alerts.iter().any(|a| a == expected),
+            "rules.yml has no alert {expected}"
+        );
     }
 
     let tests = yaml::parse(&read(&deploy("prometheus/rules.test.yml")));
-    assert_eq!(tests.get("rule_files").strs(), vec!["rules.yml"], "the unit tests must load rules.yml itself");
+    assert_eq!(
+        tests.get("rule_files").strs(),
+        vec!["rules.yml"],
+        "the unit tests must load rules.yml itself"
+    );
     let mut firing: BTreeSet<String> = BTreeSet::new();
     let mut silent: BTreeSet<String> = BTreeSet::new();
     let mut names = Vec::new();
@@ -54,7 +65,10 @@ fn every_alert_is_tested_firing_and_not_firing() {
         names.push(case.get("name").str().to_lowercase());
         for check in case.opt("alert_rule_test").map(|t| t.seq()).unwrap_or(&[]) {
             let name = check.get("alertname").str().to_string();
-            assert!(alerts.contains(&name), "rules.test.yml tests {name}, which rules.yml does not define");
+            assert!(
+                alerts.contains(&name),
+                "rules.test.yml tests {name}, which rules.yml does not define"
+            );
             if check.get("exp_alerts").seq().is_empty() {
                 silent.insert(name);
             } else {
@@ -63,8 +77,14 @@ fn every_alert_is_tested_firing_and_not_firing() {
         }
     }
     for alert in &alerts {
-        assert!(firing.contains(alert), "no promtool case shows {alert} firing");
-        assert!(silent.contains(alert), "no promtool case shows {alert} not firing");
+        assert!(
+            firing.contains(alert),
+            "no promtool case shows {alert} firing"
+        );
+        assert!(
+            silent.contains(alert),
+            "no promtool case shows {alert} not firing"
+        );
     }
     for scenario in [
         "healthy",
@@ -123,15 +143,24 @@ fn identifiers(expr: &str) -> Vec<String> {
 #[test]
 fn rules_use_only_documented_metrics_and_recorded_names() {
     let design = design_metrics();
-    assert!(design.contains("consistency_checks_total"), "DESIGN.md metric table not found");
+    assert!(
+        design.contains("consistency_checks_total"),
+        "DESIGN.md metric table not found"
+    );
     let file = rules();
     let recorded: BTreeSet<&str> = file.records.iter().map(|(n, _)| n.as_str()).collect();
     for (name, expr) in file.records.iter().chain(file.alerts.iter()) {
         for ident in identifiers(expr) {
             if ident.contains(':') {
-                assert!(recorded.contains(ident.as_str()), "{name}: {ident} is not recorded in rules.yml");
+                assert!(
+                    recorded.contains(ident.as_str()),
+                    "{name}: {ident} is not recorded in rules.yml"
+                );
             } else if ident.starts_with("consistency_") {
-                assert!(design.contains(&ident), "{name}: {ident} is not a metric in docs/DESIGN.md");
+                assert!(
+                    design.contains(&ident),
+                    "{name}: {ident} is not a metric in docs/DESIGN.md"
+                );
             }
         }
     }
@@ -140,11 +169,18 @@ fn rules_use_only_documented_metrics_and_recorded_names() {
 #[test]
 fn recording_rules_cover_every_window_as_ratios_of_sums() {
     let file = rules();
-    let records: BTreeMap<&str, &str> = file.records.iter().map(|(n, e)| (n.as_str(), e.as_str())).collect();
+    let records: BTreeMap<&str, &str> = file
+        .records
+        .iter()
+        .map(|(n, e)| (n.as_str(), e.as_str()))
+        .collect();
     for (name, _) in &file.records {
         let parts: Vec<&str> = name.split(':').collect();
         assert_eq!(parts.len(), 3, "{name} is not level:metric:operations");
-        assert!(["job", "job_route"].contains(&parts[0]), "{name}: level must be job or job_route");
+        assert!(
+            ["job", "job_route"].contains(&parts[0]),
+            "{name}: level must be job or job_route"
+        );
     }
     for w in WINDOWS {
         for level in ["job", "job_route"] {
@@ -174,8 +210,15 @@ fn recording_rules_cover_every_window_as_ratios_of_sums() {
             by("job_route", "consistency_inconsistent_records"),
             format!("sum by (job, route) (rate(consistency_results_total{{level!=\"consistent\"}}[{w}]))")
         );
-        for metric in ["consistency_checks", "consistency_consistent_records", "consistency_inconsistent_records"] {
-            assert_eq!(by("job", metric), format!("sum by (job) (job_route:{metric}:rate{w})"));
+        for metric in [
+            "consistency_checks",
+            "consistency_consistent_records",
+            "consistency_inconsistent_records",
+        ] {
+            assert_eq!(
+                by("job", metric),
+                format!("sum by (job) (job_route:{metric}:rate{w})")
+            );
         }
     }
 }
@@ -183,17 +226,40 @@ fn recording_rules_cover_every_window_as_ratios_of_sums() {
 #[test]
 fn sidecar_down_alert_selects_the_scraped_job() {
     let file = rules();
-    let down = &file.alerts.iter().find(|(n, _)| n == "ConsistencySidecarDown").expect("alert").1;
-    assert!(down.contains(r#"up{job="consistency-sidecar"} == 0"#), "{down}");
-    assert!(down.contains(r#"absent(up{job="consistency-sidecar"})"#), "{down}");
+    let down = &file
+        .alerts
+        .iter()
+        .find(|(n, _)| n == "ConsistencySidecarDown")
+        .expect("alert")
+        .1;
+    assert!(
+        down.contains(r#"up{job="consistency-sidecar"} == 0"#),
+        "{down}"
+    );
+    assert!(
+        down.contains(r#"absent(up{job="consistency-sidecar"})"#),
+        "{down}"
+    );
     let prom = yaml::parse(&read(&deploy("prometheus/prometheus.yml")));
-    let jobs: Vec<&str> = prom.get("scrape_configs").seq().iter().map(|s| s.get("job_name").str()).collect();
-    assert!(jobs.contains(&"consistency-sidecar"), "prometheus.yml jobs: {jobs:?}");
+    let jobs: Vec<&str> = prom
+        .get("scrape_configs")
+        .seq()
+        .iter()
+        .map(|s| s.get("job_name").str())
+        .collect();
+    assert!(
+        jobs.contains(&"consistency-sidecar"),
+        "prometheus.yml jobs: {jobs:?}"
+    );
 }
 
 /// `[5m]` -> `5m` for every range selector of an expression, in order.
 fn ranges(expr: &str) -> Vec<String> {
-    expr.split('[').skip(1).filter_map(|s| s.split(']').next()).map(str::to_string).collect()
+    expr.split('[')
+        .skip(1)
+        .filter_map(|s| s.split(']').next())
+        .map(str::to_string)
+        .collect()
 }
 
 fn seconds(d: &str) -> u64 {
@@ -217,7 +283,9 @@ fn for_lines(text: &str) -> Vec<String> {
 
 #[test]
 fn short_window_rules_are_generated_from_rules_yml() {
-    let Some(python) = tool("python3") else { return };
+    let Some(python) = tool("python3") else {
+        return;
+    };
     let tmp = TempDir::new("deploy-short-rules");
     let short = tmp.path().join("rules.short.yml");
     let script = deploy("prometheus/make_test_rules.py");
@@ -232,10 +300,21 @@ fn short_window_rules_are_generated_from_rules_yml() {
     let small = RuleFile::parse(&short_text);
 
     // Same rules, same order, same expressions but for the range selectors.
-    let names = |f: &RuleFile| -> Vec<String> { f.records.iter().chain(&f.alerts).map(|(n, _)| n.clone()).collect() };
+    let names = |f: &RuleFile| -> Vec<String> {
+        f.records
+            .iter()
+            .chain(&f.alerts)
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
     assert_eq!(names(&long), names(&small));
     let mut mapping: BTreeMap<String, String> = BTreeMap::new();
-    for ((name, a), (_, b)) in long.records.iter().chain(&long.alerts).zip(small.records.iter().chain(&small.alerts)) {
+    for ((name, a), (_, b)) in long
+        .records
+        .iter()
+        .chain(&long.alerts)
+        .zip(small.records.iter().chain(&small.alerts))
+    {
         let (ra, rb) = (ranges(a), ranges(b));
         assert_eq!(ra.len(), rb.len(), "{name}");
         let mut a_norm = a.clone();
@@ -244,38 +323,65 @@ fn short_window_rules_are_generated_from_rules_yml() {
             a_norm = a_norm.replacen(&format!("[{x}]"), "[_]", 1);
             b_norm = b_norm.replacen(&format!("[{y}]"), "[_]", 1);
             let previous = mapping.insert(x.clone(), y.clone());
-            assert!(previous.is_none_or_eq(y), "{name}: [{x}] maps to two short windows");
+            assert!(
+                previous.is_none_or_eq(y),
+                "{name}: [{x}] maps to two short windows"
+            );
             assert!(seconds(y) <= 60, "{name}: [{y}] is not short");
         }
-        assert_eq!(a_norm, b_norm, "{name}: the short expression differs beyond its windows");
+        assert_eq!(
+            a_norm, b_norm,
+            "{name}: the short expression differs beyond its windows"
+        );
     }
     // Every window is mapped, and the order of windows is kept (burn-rate pairs stay pairs).
     for w in WINDOWS {
-        assert!(mapping.contains_key(w), "window {w} never appears in rules.yml");
+        assert!(
+            mapping.contains_key(w),
+            "window {w} never appears in rules.yml"
+        );
     }
     let mut by_long: Vec<(&String, &String)> = mapping.iter().collect();
     by_long.sort_by_key(|(l, _)| seconds(l));
     for pair in by_long.windows(2) {
-        assert!(seconds(pair[0].1) < seconds(pair[1].1), "short windows out of order: {by_long:?}");
+        assert!(
+            seconds(pair[0].1) < seconds(pair[1].1),
+            "short windows out of order: {by_long:?}"
+        );
     }
     let (long_for, short_for) = (for_lines(&long_text), for_lines(&short_text));
     assert_eq!(long_for.len(), short_for.len());
     for (l, s) in long_for.iter().zip(&short_for) {
-        assert!(seconds(s) <= 10 && seconds(s) < seconds(l), "for: {l} became {s}");
+        assert!(
+            seconds(s) <= 10 && seconds(s) < seconds(l),
+            "for: {l} became {s}"
+        );
     }
 
     if let Some(promtool) = tool("promtool") {
-        run_ok(&promtool, &["check", "rules", short.to_str().unwrap()], tmp.path());
+        run_ok(
+            &promtool,
+            &["check", "rules", short.to_str().unwrap()],
+            tmp.path(),
+        );
     }
 
     // A window the generator does not know is an error, not a silent long window in a short test.
     let odd = tmp.write("odd.yml", &long_text.replacen("[5m]", "[7m]", 1));
     let out = run(
         &python,
-        &[script.to_str().unwrap(), odd.to_str().unwrap(), "-o", tmp.path().join("x.yml").to_str().unwrap()],
+        &[
+            script.to_str().unwrap(),
+            odd.to_str().unwrap(),
+            "-o",
+            tmp.path().join("x.yml").to_str().unwrap(),
+        ],
         &repo(),
     );
-    assert!(!out.status.success(), "make_test_rules.py accepted an unknown window [7m]");
+    assert!(
+        !out.status.success(),
+        "make_test_rules.py accepted an unknown window [7m]"
+    );
 }
 
 trait NoneOrEq {

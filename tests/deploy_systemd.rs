@@ -20,13 +20,18 @@ fn unit_in_temp(tmp: &TempDir) -> std::path::PathBuf {
 
 #[test]
 fn systemd_analyze_verify_is_clean() {
-    let Some(analyze) = tool("systemd-analyze") else { return };
+    let Some(analyze) = tool("systemd-analyze") else {
+        return;
+    };
     let tmp = TempDir::new("deploy-systemd");
     let unit = unit_in_temp(&tmp);
     let out = run(&analyze, &["verify", unit.to_str().unwrap()], tmp.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     // verify exits 0 on unknown keys and only warns: any output is a finding.
-    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify:\n{stderr}");
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
 }
 
 #[test]
@@ -46,15 +51,29 @@ fn unit_is_hardened() {
     ] {
         assert!(unit.lines().any(|l| l.trim() == line), "missing `{line}`");
     }
-    let Some(analyze) = tool("systemd-analyze") else { return };
+    let Some(analyze) = tool("systemd-analyze") else {
+        return;
+    };
     let tmp = TempDir::new("deploy-systemd-security");
     let unit = unit_in_temp(&tmp);
     let out = run(
         &analyze,
-        &["security", "--offline=true", "--threshold=20", unit.to_str().unwrap()],
+        &[
+            "security",
+            "--offline=true",
+            "--threshold=20",
+            unit.to_str().unwrap(),
+        ],
         tmp.path(),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let overall = stdout.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default();
-    assert!(out.status.success(), "exposure above 2.0: {overall}\n{}", String::from_utf8_lossy(&out.stderr));
+    let overall = stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "exposure above 2.0: {overall}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -105,6 +105,15 @@ async fn python_sees_forwarded_headers_and_no_hop_by_hop() {
             )
         })
         .collect();
+    // Header-name case survives the hop.
+    assert!(
+        echo["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .any(|pair| pair[0] == "X-Keep"),
+        "{echo}"
+    );
     let get = |name: &str| {
         headers
             .iter()

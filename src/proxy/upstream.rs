@@ -34,6 +34,9 @@ pub fn upstream_client(proxy: &ProxyConfig) -> UpstreamClient {
         .pool_max_idle_per_host(proxy.upstream_max_idle)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
+        // Header-name case as the client sent it (the server side records it), and as the
+        // upstream sent it on the way back: legacy backends sometimes care.
+        .http1_preserve_header_case(true)
         .build(connector)
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::time::Instant;
 
-use super::shard::{Changes, Clock, Shard};
+use super::shard::{Changes, Clock, Key, Shard};
 use super::transition::Transitions;
 use crate::config::{ModelConfig, TrackerConfig};
 use crate::engine::{RecordState, TransitionFinding, TransitionJudge};
@@ -41,7 +41,7 @@ pub enum EvictionReason {
 /// 2,048) that is exact LRU; with more, the victim is the oldest of ~1/32 of the tasks, which
 /// are spread by hash, so it is among the oldest overall.
 pub struct TaskTracker {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded]>,
     /// Random keys per process: task ids come from responses, so keep them from choosing shards.
     hasher: RandomState,
     transitions: Transitions,
@@ -53,6 +53,11 @@ pub struct TaskTracker {
     evicted_capacity: AtomicU64,
     evicted_ttl: AtomicU64,
 }
+
+/// A shard's lock on its own cache lines, so that threads on neighbouring shards do not
+/// invalidate each other's.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
 
 /// The tracker as one route's [`TransitionJudge`], for one inspected response.
 ///
@@ -91,7 +96,7 @@ impl TaskTracker {
         let capacity = config.capacity.clamp(1, MAX_CAPACITY);
         TaskTracker {
             shards: (0..shard_count(capacity))
-                .map(|_| Mutex::new(Shard::new()))
+                .map(|_| Padded(Mutex::new(Shard::new())))
                 .collect(),
             hasher: RandomState::new(),
             transitions: Transitions::new(config, model),
@@ -144,7 +149,7 @@ impl TaskTracker {
         let rehash = |route: u16, id: &str| self.hash(route, id);
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut shard = self.lock(shard);
+            let mut shard = self.lock(&shard.0);
             let n = shard.expire(clock, usize::MAX, &rehash);
             self.count(Changes {
                 removed: n,
@@ -163,10 +168,8 @@ impl TaskTracker {
         task_id: &str,
         state: &RecordState,
     ) -> Vec<TransitionFinding> {
-        let hash = self.hash(route, task_id);
-        let last = self
-            .lock(self.shard(hash))
-            .get(hash, route, task_id, self.clock(now_ms));
+        let key = self.key(route, task_id);
+        let last = self.lock(self.shard(key.hash)).get(key, self.clock(now_ms));
         // The lock is released before any message is formatted.
         match last {
             Some(last) => self
@@ -177,10 +180,10 @@ impl TaskTracker {
     }
 
     fn remember(&self, route: u16, now_ms: u64, task_id: &str, sent: &RecordState) {
-        let hash = self.hash(route, task_id);
+        let key = self.key(route, task_id);
         let sent = self.transitions.snapshot(sent);
         let rehash = |route: u16, id: &str| self.hash(route, id);
-        let mut shard = self.lock(self.shard(hash));
+        let mut shard = self.lock(self.shard(key.hash));
         let admit = || {
             self.tracked
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -188,15 +191,7 @@ impl TaskTracker {
                 })
                 .is_ok()
         };
-        let changes = shard.put(
-            hash,
-            route,
-            task_id,
-            sent,
-            self.clock(now_ms),
-            admit,
-            rehash,
-        );
+        let changes = shard.put(key, sent, self.clock(now_ms), admit, rehash);
         self.count(changes);
     }
 
@@ -221,6 +216,14 @@ impl TaskTracker {
         }
     }
 
+    fn key<'k>(&self, route: u16, id: &'k str) -> Key<'k> {
+        Key {
+            hash: self.hash(route, id),
+            route,
+            id,
+        }
+    }
+
     fn hash(&self, route: u16, task_id: &str) -> u64 {
         self.hasher.hash_one((route, task_id))
     }
@@ -228,7 +231,7 @@ impl TaskTracker {
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
         // Bits 32.. pick the shard: the map inside uses the low bits for buckets and the top
         // seven for tags, so the shard choice leaves both well spread.
-        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)].0
     }
 
     /// A shard left poisoned by a panic mid-update may be inconsistent: it is emptied (those
@@ -269,7 +272,7 @@ impl TaskTracker {
     pub(crate) fn remembered(&self) -> Vec<(u16, String)> {
         self.shards
             .iter()
-            .flat_map(|s| self.lock(s).ids())
+            .flat_map(|s| self.lock(&s.0).ids())
             .collect()
     }
 }

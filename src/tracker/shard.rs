@@ -17,8 +17,9 @@ const SWEEP_PER_ACCESS: usize = 16;
 ///
 /// The index maps the task's 64-bit key hash to its slot; the slot holds the route and id, so
 /// a (vanishingly rare) hash collision is detected and handled as forgetting the other task,
-/// never as mixing two tasks. Because `seen_ms` only grows and every write moves its entry to
-/// the head, the list is also ordered by age: expired entries are always at the tail.
+/// never as mixing two tasks. Every write moves its entry to the head, so the list is also
+/// ordered by age (up to the length of a request, as each response reads the clock once):
+/// expired entries gather at the tail, where sweeps look for them.
 #[derive(Debug)]
 pub(crate) struct Shard {
     index: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
@@ -43,6 +44,14 @@ struct Slot {
     route: u16,
     stage: u16,
     status: u16,
+}
+
+/// A task as the shard knows it: the hash of (route, id) and the two themselves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key<'a> {
+    pub hash: u64,
+    pub route: u16,
+    pub id: &'a str,
 }
 
 /// What one write did, for the tracker's counters.
@@ -90,10 +99,9 @@ impl Shard {
     }
 
     /// The unexpired memory of a task, without touching its recency.
-    pub fn get(&self, hash: u64, route: u16, id: &str, clock: Clock) -> Option<Snapshot> {
-        let slot = &self.slots[*self.index.get(&hash)? as usize];
-        (slot.route == route && *slot.id == *id && !clock.expired(slot.seen_ms))
-            .then_some(slot.snapshot())
+    pub fn get(&self, key: Key<'_>, clock: Clock) -> Option<Snapshot> {
+        let slot = &self.slots[*self.index.get(&key.hash)? as usize];
+        (slot.holds(key) && !clock.expired(slot.seen_ms)).then_some(slot.snapshot())
     }
 
     /// Records what was sent for a task and makes it the most recently seen.
@@ -103,9 +111,7 @@ impl Shard {
     /// unindex a displaced or expired one.
     pub fn put(
         &mut self,
-        hash: u64,
-        route: u16,
-        id: &str,
+        key: Key<'_>,
         sent: Snapshot,
         clock: Clock,
         admit: impl FnOnce() -> bool,
@@ -117,10 +123,10 @@ impl Shard {
             evicted_ttl: swept,
             ..Changes::default()
         };
-        let i = match self.index.get(&hash) {
+        let i = match self.index.get(&key.hash) {
             Some(&i) => {
                 let slot = &mut self.slots[i as usize];
-                let same = slot.route == route && *slot.id == *id;
+                let same = slot.holds(key);
                 let before = if same && !clock.expired(slot.seen_ms) {
                     slot.snapshot()
                 } else {
@@ -128,8 +134,8 @@ impl Shard {
                         // Expired but not yet swept: forgotten, then remembered anew.
                         changes.evicted_ttl += 1;
                     } else {
-                        slot.id = id.into();
-                        slot.route = route;
+                        slot.id = key.id.into();
+                        slot.route = key.route;
                     }
                     Snapshot::EMPTY
                 };
@@ -155,10 +161,10 @@ impl Shard {
                     victim
                 };
                 let slot = &mut self.slots[i as usize];
-                slot.id = id.into();
-                slot.route = route;
+                slot.id = key.id.into();
+                slot.route = key.route;
                 slot.store(Snapshot::EMPTY.merge(sent), clock.now_ms);
-                self.index.insert(hash, i);
+                self.index.insert(key.hash, i);
                 self.len += 1;
                 i
             }
@@ -284,6 +290,10 @@ impl Shard {
 // === impl Slot ===
 
 impl Slot {
+    fn holds(&self, key: Key<'_>) -> bool {
+        self.route == key.route && *self.id == *key.id
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             stage: self.stage,

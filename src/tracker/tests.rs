@@ -581,7 +581,7 @@ fn many_threads_polling_many_tasks_find_exactly_the_injected_regressions() {
 
 #[test]
 fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
-    use super::shard::{Changes, Clock, Shard};
+    use super::shard::{Changes, Clock, Key, Shard};
     use super::transition::{Snapshot, UNKNOWN};
 
     let clock = Clock {
@@ -593,24 +593,27 @@ fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
         progress,
         ..Snapshot::EMPTY
     };
+    let key = |id| Key {
+        hash: 7,
+        route: 0,
+        id,
+    };
     let mut shard = Shard::new();
     // Two different tasks forced onto one hash.
-    let first = shard.put(7, 0, "a", at(80.0), clock, || true, rehash);
+    let first = shard.put(key("a"), at(80.0), clock, || true, rehash);
     assert_eq!(first, Changes::default());
-    assert_eq!(shard.get(7, 0, "b", clock), None);
+    assert_eq!(shard.get(key("b"), clock), None);
     let second = shard.put(
-        7,
-        0,
-        "b",
+        key("b"),
         at(10.0),
         clock,
         || unreachable!("not a new entry"),
         rehash,
     );
     assert_eq!(second, Changes::default());
-    assert_eq!(shard.get(7, 0, "a", clock), None);
+    assert_eq!(shard.get(key("a"), clock), None);
     assert_eq!(
-        shard.get(7, 0, "b", clock),
+        shard.get(key("b"), clock),
         Some(Snapshot {
             stage: UNKNOWN,
             status: UNKNOWN,
@@ -618,4 +621,45 @@ fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
         })
     );
     assert_eq!(shard.len(), 1);
+}
+
+#[test]
+fn a_full_tracker_displaces_within_the_shard_and_an_empty_shard_overshoots_by_one() {
+    use super::shard::{Changes, Clock, Key, Shard};
+    use super::transition::Snapshot;
+
+    let clock = Clock {
+        now_ms: 0,
+        ttl_ms: 1000,
+    };
+    let key = |hash, id| Key { hash, route: 0, id };
+    let rehash = |_: u16, id: &str| if id == "a" { 1 } else { 2 };
+    let mut shard = Shard::new();
+    // Refused room with nothing to displace: added anyway, and counted by the shard.
+    let first = shard.put(key(1, "a"), Snapshot::EMPTY, clock, || false, rehash);
+    assert_eq!(
+        first,
+        Changes {
+            added: 1,
+            ..Changes::default()
+        }
+    );
+    // Refused room again: "b" displaces "a".
+    let second = shard.put(key(2, "b"), Snapshot::EMPTY, clock, || false, rehash);
+    assert_eq!(
+        second,
+        Changes {
+            evicted_capacity: 1,
+            ..Changes::default()
+        }
+    );
+    assert_eq!(shard.ids(), [(0, "b".to_string())]);
+    assert_eq!(shard.get(key(1, "a"), clock), None);
+}
+
+#[test]
+fn the_tracker_is_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<TaskTracker>();
+    shared::<std::sync::Arc<TaskTracker>>();
 }

@@ -82,9 +82,13 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         TempDir(dir)
     }
 
@@ -94,7 +98,8 @@ impl TempDir {
 
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        std::fs::write(&path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         path
     }
 }
@@ -141,11 +146,17 @@ impl ChildGuard {
 
     /// The last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let Some(log) = &self.log else { return String::new() };
+        let Some(log) = &self.log else {
+            return String::new();
+        };
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-        format!("\n--- last lines of {} ({})\n{tail}", self.name, log.display())
+        format!(
+            "\n--- last lines of {} ({})\n{tail}",
+            self.name,
+            log.display()
+        )
     }
 }
 
@@ -158,7 +169,8 @@ impl Drop for ChildGuard {
 
 /// Spawns `cmd` with stdout and stderr appended to `log`.
 pub fn spawn_logged(name: &str, mut cmd: Command, log: PathBuf) -> ChildGuard {
-    let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    let out = std::fs::File::create(&log)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
     let err = out.try_clone().expect("clone log handle");
     let child = cmd
         .stdin(Stdio::null())
@@ -171,8 +183,14 @@ pub fn spawn_logged(name: &str, mut cmd: Command, log: PathBuf) -> ChildGuard {
 
 /// Spawns `cmd` and waits for a first stdout line `LISTENING <port>` (the stand-in's handshake);
 /// the rest of stdout is drained into `log` so the child never blocks on a full pipe.
-pub fn spawn_listening(name: &str, mut cmd: Command, log: PathBuf, timeout: Duration) -> (ChildGuard, u16) {
-    let err = std::fs::File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+pub fn spawn_listening(
+    name: &str,
+    mut cmd: Command,
+    log: PathBuf,
+    timeout: Duration,
+) -> (ChildGuard, u16) {
+    let err = std::fs::File::create(&log)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -193,8 +211,14 @@ pub fn spawn_listening(name: &str, mut cmd: Command, log: PathBuf, timeout: Dura
     });
     let first = match rx.recv_timeout(timeout) {
         Ok(Some(line)) => line,
-        Ok(None) => panic!("{name} closed stdout before `LISTENING <port>`{}", guard.log_tail()),
-        Err(_) => panic!("{name} printed no `LISTENING <port>` within {timeout:?}{}", guard.log_tail()),
+        Ok(None) => panic!(
+            "{name} closed stdout before `LISTENING <port>`{}",
+            guard.log_tail()
+        ),
+        Err(_) => panic!(
+            "{name} printed no `LISTENING <port>` within {timeout:?}{}",
+            guard.log_tail()
+        ),
     };
     let port = first
         .strip_prefix("LISTENING ")
@@ -211,11 +235,18 @@ pub struct Response {
 }
 
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`), body read to the end.
-pub fn http(method: &str, addr: &str, path: &str, body: Option<&str>, timeout: Duration) -> std::io::Result<Response> {
+pub fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n");
     if let Some(body) = body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -238,7 +269,10 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<Response> {
 
 fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut body = raw[split + 4..].to_vec();
     let mut lines = head.split("\r\n");
@@ -276,7 +310,12 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Polls `check` every `every` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {

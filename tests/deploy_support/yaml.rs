@@ -18,7 +18,8 @@ static EMPTY_SEQ: Vec<Yaml> = Vec::new();
 impl Yaml {
     /// The value of `key` in a mapping; panics if absent (the test names what it expected).
     pub fn get(&self, key: &str) -> &Yaml {
-        self.opt(key).unwrap_or_else(|| panic!("no key {key:?} in {}", self.brief()))
+        self.opt(key)
+            .unwrap_or_else(|| panic!("no key {key:?} in {}", self.brief()))
     }
 
     pub fn opt(&self, key: &str) -> Option<&Yaml> {
@@ -60,7 +61,10 @@ impl Yaml {
     pub fn find(&self, key: &str, value: &str) -> &Yaml {
         self.seq()
             .iter()
-            .find(|item| item.opt(key).is_some_and(|v| v == &Yaml::Str(value.to_string())))
+            .find(|item| {
+                item.opt(key)
+                    .is_some_and(|v| v == &Yaml::Str(value.to_string()))
+            })
             .unwrap_or_else(|| panic!("no item with {key}: {value:?} in {}", self.brief()))
     }
 
@@ -164,7 +168,11 @@ impl<'a> Parser<'a> {
         let mut items = Vec::new();
         while let Some((ind, content)) = self.peek() {
             if ind != indent || !is_seq_item(&content) {
-                assert!(ind <= indent, "yaml: bad indentation at line {}", self.pos + 1);
+                assert!(
+                    ind <= indent,
+                    "yaml: bad indentation at line {}",
+                    self.pos + 1
+                );
                 break;
             }
             let rest = content[1..].trim_start().to_string();
@@ -195,15 +203,20 @@ impl<'a> Parser<'a> {
                 None => match self.peek() {
                     Some((ind, content)) if ind == indent && !is_seq_item(&content) => content,
                     Some((ind, _)) => {
-                        assert!(ind < indent || ind == indent, "yaml: bad indentation at line {}", self.pos + 1);
+                        assert!(
+                            ind <= indent,
+                            "yaml: bad indentation at line {}",
+                            self.pos + 1
+                        );
                         break;
                     }
                     None => break,
                 },
             };
             let line_no = self.pos + 1;
-            let (key, value) =
-                split_key(&content).unwrap_or_else(|| panic!("yaml: line {line_no}: expected `key: value`, got {content:?}"));
+            let (key, value) = split_key(&content).unwrap_or_else(|| {
+                panic!("yaml: line {line_no}: expected `key: value`, got {content:?}")
+            });
             let key = unquote(key);
             assert!(
                 entries.iter().all(|(k, _)| *k != key),
@@ -242,7 +255,12 @@ impl<'a> Parser<'a> {
         while raw.last().is_some_and(|l| l.trim().is_empty()) {
             raw.pop();
         }
-        let cut = raw.iter().filter(|l| !l.trim().is_empty()).map(|l| indent_of(l)).min().unwrap_or(0);
+        let cut = raw
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| indent_of(l))
+            .min()
+            .unwrap_or(0);
         let mut text: String = raw
             .iter()
             .map(|l| if l.len() >= cut { &l[cut..] } else { "" })
@@ -329,7 +347,10 @@ fn flow_or_scalar(value: &str) -> Yaml {
         let mut pos = 0;
         let node = flow(&chars, &mut pos);
         skip_ws(&chars, &mut pos);
-        assert!(pos == chars.len(), "yaml: trailing text after flow value {value:?}");
+        assert!(
+            pos == chars.len(),
+            "yaml: trailing text after flow value {value:?}"
+        );
         node
     } else {
         Yaml::Str(unquote(value))
@@ -379,7 +400,11 @@ fn flow(chars: &[char], pos: &mut usize) -> Yaml {
                     _ => unreachable!("flow_scalar returns strings"),
                 };
                 skip_ws(chars, pos);
-                assert_eq!(chars.get(*pos), Some(&':'), "yaml: expected : after flow key {key:?}");
+                assert_eq!(
+                    chars.get(*pos),
+                    Some(&':'),
+                    "yaml: expected : after flow key {key:?}"
+                );
                 *pos += 1;
                 let value = flow(chars, pos);
                 entries.push((key, value));
