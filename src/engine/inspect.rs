@@ -83,14 +83,12 @@ fn check_record(
     let mut issues = Vec::new();
     let mut fixes = Vec::new();
     let mut state = original();
-    if !fix_to_fixpoint(rules, &mut state, fix, &mut issues, &mut fixes) {
+    if let Err(unsettled) = fix_to_fixpoint(rules, &mut state, fix, &mut issues, &mut fixes) {
         // A rule set whose fixes keep changing the record: send it as it came, and say so.
         state = original();
-        let mut names: Vec<&str> = fixes.iter().map(|f| &*f.rule).collect();
-        names.sort_unstable();
-        names.dedup();
-        let names = names.join(", ");
         fixes.clear();
+        let names: Vec<&str> = unsettled.iter().map(|&i| &*rules.rules[i].name).collect();
+        let names = names.join(", ");
         issues.push(Issue {
             rule: FIX_NOT_CONVERGING.into(),
             level: worst(&issues),
@@ -139,19 +137,21 @@ fn worst(issues: &[Issue]) -> Level {
 }
 
 /// Reports every rule that fires on the record or on any intermediate fixed state (once each),
-/// and in fix mode applies fixes until nothing fixable fires. Returns false if it does not settle
-/// within `rules + 1` rounds (a rule set whose fixes oscillate or cannot clear their own rule).
+/// and in fix mode applies fixes until nothing fixable fires. If it does not settle within
+/// `rules + 1` rounds (a rule set whose fixes oscillate or cannot clear their own rule), returns
+/// the fixable rules still firing in the last round.
 fn fix_to_fixpoint<'a>(
     rules: &'a RuleSet,
     state: &mut State<'a>,
     fix: bool,
     issues: &mut Vec<Issue>,
     fixes: &mut Vec<Fix>,
-) -> bool {
+) -> Result<(), Vec<usize>> {
     let mut reported: Vec<usize> = Vec::new();
+    let mut active: Vec<usize> = Vec::new();
     for _ in 0..=rules.len() {
         let mut changed = false;
-        let mut stuck = false;
+        active.clear();
         for (i, rule) in rules.rules.iter().enumerate() {
             if !rules.fires(rule, state) {
                 continue;
@@ -171,8 +171,10 @@ fn fix_to_fixpoint<'a>(
                 let Some(current) = &state[*slot] else {
                     continue;
                 };
+                if !active.contains(&i) {
+                    active.push(i);
+                }
                 if current.val.same(&value.val) {
-                    stuck = true;
                     continue;
                 }
                 fixes.push(Fix {
@@ -186,11 +188,15 @@ fn fix_to_fixpoint<'a>(
             }
         }
         if !changed {
-            // Nothing changed, so every fixable rule that fired had nothing left to change.
-            return !stuck;
+            // Nothing changed: a fixable rule that still fires cannot be fixed by its own values.
+            return if active.is_empty() {
+                Ok(())
+            } else {
+                Err(active)
+            };
         }
     }
-    false
+    Err(active)
 }
 
 /// Shows the fixed state to the judge, applies the fixes it proposes that the single-record

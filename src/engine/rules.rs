@@ -288,13 +288,13 @@ fn compile_condition(key: &str, field: Field, c: &Condition) -> Result<Check, Co
 /// string for status and stage, a number for progress, a boolean for is_completed.
 fn type_fits(field: Field, value: &serde_json::Value) -> Result<(), String> {
     use serde_json::Value as V;
-    let fits = match (field, value) {
-        (_, V::Null) => true,
-        (Field::Status | Field::Stage, V::String(_)) => true,
-        (Field::Progress, V::Number(_)) => true,
-        (Field::IsCompleted, V::Bool(_)) => true,
-        _ => false,
-    };
+    let fits = matches!(
+        (field, value),
+        (_, V::Null)
+            | (Field::Status | Field::Stage, V::String(_))
+            | (Field::Progress, V::Number(_))
+            | (Field::IsCompleted, V::Bool(_))
+    );
     if fits {
         return Ok(());
     }

@@ -136,7 +136,7 @@ impl TaskTracker {
         }
     }
 
-    /// The configured capacity, summed over the shards.
+    /// The most tasks remembered at once: `tracker.capacity`, at least 1 and at most 2^31.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
