@@ -29,6 +29,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 
 use crate::admin::Admin;
+use crate::inspection::{InspectBody, InspectLayer, Inspector};
 use crate::metrics::Metrics;
 use crate::proxy::{
     upstream_client, BoxError, ClientAddr, Forward, ProxyBody, RequestMetricsLayer, ShedLayer,
@@ -39,10 +40,11 @@ use crate::settings::Settings;
 pub type ProxyService = BoxCloneService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
 
 /// The proxy's tower stack, outermost first: route classification and request metrics, load
-/// shedding, then forwarding through the pooled upstream client.
+/// shedding, inspection of configured routes' responses, then forwarding through the pooled
+/// upstream client.
 ///
 /// Boxed, so the accept loop has one concrete type whatever layers are inserted here.
-pub fn app(settings: Arc<Settings>, metrics: Arc<Metrics>) -> ProxyService {
+pub fn app(settings: Arc<Settings>, metrics: Arc<Metrics>, inspector: Arc<Inspector>) -> ProxyService {
     let client = upstream_client(&settings.config.proxy);
     ServiceBuilder::new()
         .boxed_clone()
@@ -51,6 +53,8 @@ pub fn app(settings: Arc<Settings>, metrics: Arc<Metrics>) -> ProxyService {
             settings.config.proxy.max_concurrent_requests,
             metrics.clone(),
         ))
+        .map_response(|response: Response<InspectBody<ProxyBody>>| response.map(BodyExt::boxed_unsync))
+        .layer(InspectLayer::new(inspector))
         .service(Forward::new(client, &settings, metrics))
 }
 
@@ -63,19 +67,9 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let admin = Admin::new(settings.clone(), metrics.clone());
-    serve_with_admin(listener, admin_listener, settings, metrics, admin, shutdown).await
-}
-
-/// [`serve`] with a prepared admin service (e.g. one with a report source plugged in).
-pub async fn serve_with_admin(
-    listener: TcpListener,
-    admin_listener: TcpListener,
-    settings: Arc<Settings>,
-    metrics: Arc<Metrics>,
-    admin: Admin,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+    let inspector = Arc::new(Inspector::new(&settings, metrics.clone()));
+    let admin = Admin::new(settings.clone(), metrics.clone()).with_report(inspector.book());
+    let upkeep = tokio::spawn(upkeep(inspector.clone(), settings.config.inspect.report_interval.0));
     let proxy = &settings.config.proxy;
     tracing::info!(
         proxy = %listener.local_addr()?,
@@ -84,7 +78,7 @@ pub async fn serve_with_admin(
         mode = ?settings.config.mode,
         "listening"
     );
-    let app = app(settings.clone(), metrics);
+    let app = app(settings.clone(), metrics, inspector);
     let builder = Arc::new(connection_builder(&settings));
     let idle = proxy.client_idle_timeout.0;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -141,8 +135,33 @@ pub async fn serve_with_admin(
         connections.abort_all();
     }
     admin_connections.abort_all();
+    upkeep.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Background upkeep while serving: tracker expiry and gauges every second, and the
+/// consistency report in the log every `report_interval` (zero: never).
+async fn upkeep(inspector: Arc<Inspector>, report_interval: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_report = Instant::now() + report_interval;
+    loop {
+        tick.tick().await;
+        inspector.maintain();
+        if !report_interval.is_zero() && Instant::now() >= next_report {
+            next_report += report_interval;
+            let report = inspector.book().snapshot();
+            tracing::info!(
+                total_checks = report.total_checks,
+                issues = report.issues_found,
+                critical = report.critical_issues,
+                ratio = report.consistency_ratio,
+                "consistency report\n{}",
+                report.to_text()
+            );
+        }
+    }
 }
 
 /// What the binary runs: binds the configured addresses, serves, and stops on SIGTERM or SIGINT.

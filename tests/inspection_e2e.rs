@@ -268,8 +268,9 @@ async fn seed_integration_flow_through_the_sidecar() {
                 "failed" => assert!(stage == "failed" && done == true && record["progress"] == 0, "{record}"),
                 _ => assert!(done == false && stage != "completed" && stage != "failed", "{record}"),
             }
+            let finished = done == true;
             last = record;
-            if done == true {
+            if finished {
                 break;
             }
         }

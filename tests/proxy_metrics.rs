@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
+use consistency_sidecar::inspection::Inspector;
 use consistency_sidecar::config::Config;
 use consistency_sidecar::metrics::Metrics;
 use consistency_sidecar::settings::Settings;
@@ -130,7 +131,8 @@ async fn the_stack_answers_without_a_client_socket() {
     };
     let settings = Arc::new(Settings::compile(config).expect("settings"));
     let metrics = Arc::new(Metrics::new(&settings));
-    let app = consistency_sidecar::server::app(settings, metrics.clone());
+    let inspector = Arc::new(Inspector::new(&settings, metrics.clone()));
+    let app = consistency_sidecar::server::app(settings, metrics.clone(), inspector);
 
     let response = app
         .clone()

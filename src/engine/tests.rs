@@ -642,9 +642,15 @@ fix = { progress = 50 }
     )
     .expect("config parses");
     let rules = RuleSet::compile(&config.model, &config.rules).expect("compiles");
-    for body in [
-        r#"{"status":"running","stage":"x"}"#,
-        r#"{"status":"pending","stage":"init","progress":50}"#,
+    for (body, names) in [
+        (
+            r#"{"status":"running","stage":"x"}"#,
+            "fixes of to_y, to_x do not settle",
+        ),
+        (
+            r#"{"status":"pending","stage":"init","progress":50}"#,
+            "fixes of cannot_clear do not settle",
+        ),
     ] {
         let (out, input) = run_with(&rules, "", Mode::Fix, body);
         let v = &verdicts(&out)[0];
@@ -652,6 +658,7 @@ fix = { progress = 50 }
         assert!(v.fixes.is_empty());
         let last = v.issues.last().expect("issues");
         assert_eq!(&*last.rule, FIX_NOT_CONVERGING, "{body}");
+        assert!(last.message.starts_with(names), "{}", last.message);
         assert_eq!(last.level, v.level);
     }
 }

@@ -30,7 +30,7 @@ use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpe
 use crate::metrics::Metrics;
 use crate::report::ReportBook;
 use crate::settings::Settings;
-use crate::tracker::TaskTracker;
+use crate::tracker::{EvictionReason, TaskTracker};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -74,13 +74,11 @@ enum Held<B> {
 // === impl Inspector ===
 
 impl Inspector {
-    pub fn new(
-        settings: &Settings,
-        metrics: Arc<Metrics>,
-        tracker: Arc<TaskTracker>,
-        book: Arc<ReportBook>,
-    ) -> Inspector {
+    /// Compiles the per-route state and creates the task memory and the report book.
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Inspector {
         let config = &settings.config;
+        let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
+        let book = Arc::new(ReportBook::new(config.inspect.recent_issues));
         let routes = config
             .routes
             .iter()
@@ -105,6 +103,25 @@ impl Inspector {
         }
     }
 
+    /// The report book fed by this inspector.
+    pub fn book(&self) -> Arc<ReportBook> {
+        self.book.clone()
+    }
+
+    /// Periodic upkeep, from one task only: forgets expired tasks and brings the tracker's
+    /// gauge and eviction counters up to date.
+    pub fn maintain(&self) {
+        self.tracker.purge_expired();
+        self.metrics.tracked_tasks.set(self.tracker.tracked() as i64);
+        for reason in [EvictionReason::Capacity, EvictionReason::Ttl] {
+            let counter = self.metrics.tracker_evictions.with_label_values(&[reason.as_str()]);
+            let total = self.tracker.evictions(reason);
+            if total > counter.get() {
+                counter.inc_by(total - counter.get());
+            }
+        }
+    }
+
     /// Inspects the response of configured route `route` to a `method` request.
     pub async fn respond<B>(
         self: Arc<Self>,
@@ -123,7 +140,7 @@ impl Inspector {
         // Only a successful response with a body carries a status record.
         if *method == Method::HEAD
             || !status.is_success()
-            || matches!(status.as_u16(), 204 | 205 | 206)
+            || matches!(status.as_u16(), 204..=206)
         {
             return response.map(InspectBody::passthrough);
         }
@@ -254,7 +271,6 @@ impl Inspector {
             self.book.record(route, record);
         }
         counters.update_ratio();
-        self.metrics.tracked_tasks.set(self.tracker.tracked() as i64);
     }
 
 }

@@ -31,9 +31,7 @@ fn harness(edit: impl FnOnce(&mut Config)) -> Harness {
     let settings = Settings::compile(config).expect("valid test config");
     let metrics = Arc::new(Metrics::new(&settings));
     let registry = metrics.registry().clone();
-    let tracker = Arc::new(TaskTracker::new(&settings.config.tracker, &settings.config.model));
-    let book = Arc::new(ReportBook::new(10));
-    let inspector = Arc::new(Inspector::new(&settings, metrics, tracker, book));
+    let inspector = Arc::new(Inspector::new(&settings, metrics));
     let routes = RouteTable::compile(&settings.config.routes).unwrap();
     Harness {
         registry,
