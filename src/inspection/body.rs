@@ -24,6 +24,9 @@ pin_project! {
             // An upstream failure met while reading: surfaces after `held`, so the client sees a
             // broken response rather than a shorter one that looks complete.
             failure: Option<BoxError>,
+            // Whether to announce the held length as exact; false keeps a response that came
+            // chunked chunked, since hyper frames an exact length with Content-Length.
+            exact: bool,
         },
     }
 }
@@ -41,7 +44,16 @@ impl<B> InspectBody<B> {
             held,
             rest,
             failure,
+            exact: true,
         }
+    }
+
+    /// Does not announce an exact length, so the response keeps chunked framing.
+    pub fn without_length(mut self) -> Self {
+        if let InspectBody::Replay { exact, .. } = &mut self {
+            *exact = false;
+        }
+        self
     }
 }
 
@@ -65,6 +77,7 @@ where
                 held,
                 mut rest,
                 failure,
+                ..
             } => {
                 if let Some(frame) = held.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
@@ -91,6 +104,7 @@ where
                 held,
                 rest,
                 failure,
+                ..
             } => {
                 held.is_empty()
                     && failure.is_none()
@@ -106,6 +120,7 @@ where
                 held,
                 rest,
                 failure,
+                exact,
             } => {
                 let held_len: u64 = held
                     .iter()
@@ -113,7 +128,7 @@ where
                     .map(|d| d.len() as u64)
                     .sum();
                 match (rest, failure) {
-                    (None, None) => SizeHint::with_exact(held_len),
+                    (None, None) if *exact => SizeHint::with_exact(held_len),
                     (Some(inner), None) => {
                         let inner = inner.size_hint();
                         let mut hint = SizeHint::new();
@@ -123,7 +138,7 @@ where
                         }
                         hint
                     }
-                    (_, Some(_)) => {
+                    (None, None) | (_, Some(_)) => {
                         let mut hint = SizeHint::new();
                         hint.set_lower(held_len);
                         hint

@@ -172,7 +172,7 @@ impl Inspector {
                 return Response::from_parts(head, InspectBody::replay(held, None, Some(failure)));
             }
         };
-        let replay = |head, raw: Bytes, trailers: Option<HeaderMap>| {
+        let replay = |head: http::response::Parts, raw: Bytes, trailers: Option<HeaderMap>| {
             let mut held = VecDeque::with_capacity(2);
             if !raw.is_empty() {
                 held.push_back(Frame::data(raw));
@@ -180,7 +180,13 @@ impl Inspector {
             if let Some(trailers) = trailers {
                 held.push_back(Frame::trailers(trailers));
             }
-            Response::from_parts(head, InspectBody::replay(held, None, None))
+            let body = InspectBody::replay(held, None, None);
+            let body = if head.headers.contains_key(header::CONTENT_LENGTH) {
+                body
+            } else {
+                body.without_length()
+            };
+            Response::from_parts(head, body)
         };
 
         let (decoded, coding) = match coding.decode(&raw, self.max_decoded_bytes) {
