@@ -44,7 +44,13 @@ pub enum Command {
 #[derive(Debug, Args, Clone, Default)]
 pub struct ConfigArgs {
     /// TOML configuration file; without it the built-in defaults (legacy backend) apply.
-    #[arg(long, short = 'c', value_name = "FILE", env = "CONSISTENCY_SIDECAR_CONFIG", global = true)]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "CONSISTENCY_SIDECAR_CONFIG",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 }
 
@@ -151,7 +157,7 @@ fn usage_error(err: &ConfigError) -> ExitCode {
 }
 
 fn check_config(args: &ConfigArgs) -> ExitCode {
-    match config::load(args.config.as_deref()).and_then(|c| crate::settings::Settings::compile(c)) {
+    match config::load(args.config.as_deref()).and_then(crate::settings::Settings::compile) {
         Ok(settings) => {
             print!("{}", settings.config.to_toml());
             ExitCode::SUCCESS

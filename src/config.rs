@@ -121,7 +121,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("{e} (expected e.g. \"500ms\", \"30s\", \"1h\")")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{e} (expected e.g. \"500ms\", \"30s\", \"1h\")"))
+            })
     }
 }
 
@@ -377,7 +379,10 @@ impl FieldOverrides {
         FieldsConfig {
             status: self.status.clone().unwrap_or_else(|| base.status.clone()),
             stage: self.stage.clone().unwrap_or_else(|| base.stage.clone()),
-            progress: self.progress.clone().unwrap_or_else(|| base.progress.clone()),
+            progress: self
+                .progress
+                .clone()
+                .unwrap_or_else(|| base.progress.clone()),
             is_completed: self
                 .is_completed
                 .clone()
@@ -513,7 +518,12 @@ impl RuleConfig {
 pub fn default_rules() -> Vec<RuleConfig> {
     use serde_json::json;
     let cond = |c: Condition| c;
-    let is = |v: serde_json::Value| cond(Condition { is: Some(v), ..Default::default() });
+    let is = |v: serde_json::Value| {
+        cond(Condition {
+            is: Some(v),
+            ..Default::default()
+        })
+    };
     let is_not = |v: serde_json::Value| {
         cond(Condition {
             is_not: Some(v),
@@ -546,14 +556,20 @@ pub fn default_rules() -> Vec<RuleConfig> {
         rule(
             "completed_stage",
             Level::MinorIssue,
-            all(&[(Field::Status, is(json!("completed"))), (Field::Stage, is_not(json!("completed")))]),
+            all(&[
+                (Field::Status, is(json!("completed"))),
+                (Field::Stage, is_not(json!("completed"))),
+            ]),
             &[(Field::Stage, json!("completed"))],
             "status=completed but stage={stage}",
         ),
         rule(
             "failed_stage",
             Level::MinorIssue,
-            all(&[(Field::Status, is(json!("failed"))), (Field::Stage, is_not(json!("failed")))]),
+            all(&[
+                (Field::Status, is(json!("failed"))),
+                (Field::Stage, is_not(json!("failed"))),
+            ]),
             &[(Field::Stage, json!("failed"))],
             "status=failed but stage={stage}",
         ),
@@ -582,21 +598,30 @@ pub fn default_rules() -> Vec<RuleConfig> {
         rule(
             "terminal_not_marked",
             Level::MinorIssue,
-            all(&[(Field::Status, one_of(&terminal)), (Field::IsCompleted, is(json!(false)))]),
+            all(&[
+                (Field::Status, one_of(&terminal)),
+                (Field::IsCompleted, is(json!(false))),
+            ]),
             &[(Field::IsCompleted, json!(true))],
             "status={status} but is_completed=false",
         ),
         rule(
             "running_marked_complete",
             Level::MajorIssue,
-            all(&[(Field::IsCompleted, is(json!(true))), (Field::Status, not_one_of(&terminal))]),
+            all(&[
+                (Field::IsCompleted, is(json!(true))),
+                (Field::Status, not_one_of(&terminal)),
+            ]),
             &[],
             "is_completed=true but status={status}",
         ),
         rule(
             "stage_ahead_of_status",
             Level::MajorIssue,
-            all(&[(Field::Stage, one_of(&terminal)), (Field::Status, not_one_of(&terminal))]),
+            all(&[
+                (Field::Stage, one_of(&terminal)),
+                (Field::Status, not_one_of(&terminal)),
+            ]),
             &[],
             "stage={stage} but status={status}",
         ),
@@ -617,8 +642,22 @@ pub fn default_rules() -> Vec<RuleConfig> {
             "unknown_value",
             Level::Critical,
             When::Any(vec![
-                [(Field::Status, Condition { known: Some(false), ..Default::default() })].into(),
-                [(Field::Stage, Condition { known: Some(false), ..Default::default() })].into(),
+                [(
+                    Field::Status,
+                    Condition {
+                        known: Some(false),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                [(
+                    Field::Stage,
+                    Condition {
+                        known: Some(false),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
             ]),
             &[],
             "status={status} or stage={stage} is outside its enumeration",
@@ -627,8 +666,22 @@ pub fn default_rules() -> Vec<RuleConfig> {
             "missing_field",
             Level::Critical,
             When::Any(vec![
-                [(Field::Status, Condition { present: Some(false), ..Default::default() })].into(),
-                [(Field::Stage, Condition { present: Some(false), ..Default::default() })].into(),
+                [(
+                    Field::Status,
+                    Condition {
+                        present: Some(false),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                [(
+                    Field::Stage,
+                    Condition {
+                        present: Some(false),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
             ]),
             &[],
             "status or stage is missing",
@@ -693,7 +746,11 @@ impl TransitionKind {
             TransitionKind::TerminalChanged => (Level::Critical, false),
             TransitionKind::ProgressRegression => (Level::MinorIssue, true),
         };
-        TransitionRule { enabled: true, level, fix }
+        TransitionRule {
+            enabled: true,
+            level,
+            fix,
+        }
     }
 }
 
@@ -774,8 +831,17 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let key = e.path().to_string();
         let inner = e.into_inner();
         // toml's own message is multi-line with a source excerpt; keep its first line.
-        let problem = inner.message().lines().next().unwrap_or("invalid").to_string();
-        let key = if key == "." { "(top level)".to_string() } else { key };
+        let problem = inner
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid")
+            .to_string();
+        let key = if key == "." {
+            "(top level)".to_string()
+        } else {
+            key
+        };
         ConfigError::new(key, problem)
     })?;
     config.rules = merge_rules(default_rules(), std::mem::take(&mut config.rules));
@@ -813,18 +879,30 @@ impl Config {
         };
         positive("proxy.max_header_bytes", self.proxy.max_header_bytes)?;
         positive("proxy.max_headers", self.proxy.max_headers)?;
-        positive("proxy.max_concurrent_requests", self.proxy.max_concurrent_requests)?;
+        positive(
+            "proxy.max_concurrent_requests",
+            self.proxy.max_concurrent_requests,
+        )?;
         positive("inspect.max_body_bytes", self.inspect.max_body_bytes)?;
         positive("inspect.max_decoded_bytes", self.inspect.max_decoded_bytes)?;
         positive("tracker.capacity", self.tracker.capacity)?;
         if self.proxy.max_header_bytes < 8192 {
             // hyper refuses a smaller read buffer.
-            return Err(ConfigError::new("proxy.max_header_bytes", "must be at least 8192"));
+            return Err(ConfigError::new(
+                "proxy.max_header_bytes",
+                "must be at least 8192",
+            ));
         }
         for (key, d) in [
             ("proxy.connect_timeout", self.proxy.connect_timeout),
-            ("proxy.response_header_timeout", self.proxy.response_header_timeout),
-            ("proxy.client_header_timeout", self.proxy.client_header_timeout),
+            (
+                "proxy.response_header_timeout",
+                self.proxy.response_header_timeout,
+            ),
+            (
+                "proxy.client_header_timeout",
+                self.proxy.client_header_timeout,
+            ),
             ("proxy.client_idle_timeout", self.proxy.client_idle_timeout),
             ("tracker.ttl", self.tracker.ttl),
         ] {
@@ -852,14 +930,23 @@ impl Config {
             if !is_label_safe(&route.name) || route.name == "other" {
                 return Err(ConfigError::new(
                     key("name"),
-                    format!("{:?} must match [a-z0-9_]+ and not be \"other\"", route.name),
+                    format!(
+                        "{:?} must match [a-z0-9_]+ and not be \"other\"",
+                        route.name
+                    ),
                 ));
             }
             if !seen.insert(route.name.as_str()) {
-                return Err(ConfigError::new(key("name"), format!("duplicate route {:?}", route.name)));
+                return Err(ConfigError::new(
+                    key("name"),
+                    format!("duplicate route {:?}", route.name),
+                ));
             }
             if route.method.parse::<http::Method>().is_err() {
-                return Err(ConfigError::new(key("method"), format!("{:?} is not an HTTP method", route.method)));
+                return Err(ConfigError::new(
+                    key("method"),
+                    format!("{:?} is not an HTTP method", route.method),
+                ));
             }
             if !route.path.starts_with('/') {
                 return Err(ConfigError::new(key("path"), "must start with '/'"));
@@ -875,10 +962,16 @@ impl Config {
         for (i, rule) in self.rules.iter().enumerate() {
             let key = |k: &str| format!("rules[{i}].{k}");
             if !is_label_safe(&rule.name) {
-                return Err(ConfigError::new(key("name"), format!("{:?} must match [a-z0-9_]+", rule.name)));
+                return Err(ConfigError::new(
+                    key("name"),
+                    format!("{:?} must match [a-z0-9_]+", rule.name),
+                ));
             }
             if !seen.insert(rule.name.as_str()) {
-                return Err(ConfigError::new(key("name"), format!("duplicate rule {:?}", rule.name)));
+                return Err(ConfigError::new(
+                    key("name"),
+                    format!("duplicate rule {:?}", rule.name),
+                ));
             }
             if rule.enabled != Some(false) {
                 if rule.level.is_none() {

@@ -184,7 +184,8 @@ impl crate::admin::ReportSource for ReportBook {
 
     fn json(&self) -> String {
         serde_json::to_string_pretty(&self.snapshot()).unwrap_or_else(|e| {
-            serde_json::json!({ "error": "report unavailable", "detail": e.to_string() }).to_string()
+            serde_json::json!({ "error": "report unavailable", "detail": e.to_string() })
+                .to_string()
         })
     }
 }

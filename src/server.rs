@@ -44,7 +44,11 @@ pub type ProxyService = BoxCloneService<Request<ProxyBody>, Response<ProxyBody>,
 /// upstream client.
 ///
 /// Boxed, so the accept loop has one concrete type whatever layers are inserted here.
-pub fn app(settings: Arc<Settings>, metrics: Arc<Metrics>, inspector: Arc<Inspector>) -> ProxyService {
+pub fn app(
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    inspector: Arc<Inspector>,
+) -> ProxyService {
     let client = upstream_client(&settings.config.proxy);
     ServiceBuilder::new()
         .boxed_clone()
@@ -53,7 +57,9 @@ pub fn app(settings: Arc<Settings>, metrics: Arc<Metrics>, inspector: Arc<Inspec
             settings.config.proxy.max_concurrent_requests,
             metrics.clone(),
         ))
-        .map_response(|response: Response<InspectBody<ProxyBody>>| response.map(BodyExt::boxed_unsync))
+        .map_response(|response: Response<InspectBody<ProxyBody>>| {
+            response.map(BodyExt::boxed_unsync)
+        })
         .layer(InspectLayer::new(inspector))
         .service(Forward::new(client, &settings, metrics))
 }
@@ -69,7 +75,10 @@ pub async fn serve(
 ) -> io::Result<()> {
     let inspector = Arc::new(Inspector::new(&settings, metrics.clone()));
     let admin = Admin::new(settings.clone(), metrics.clone()).with_report(inspector.book());
-    let upkeep = tokio::spawn(upkeep(inspector.clone(), settings.config.inspect.report_interval.0));
+    let upkeep = tokio::spawn(upkeep(
+        inspector.clone(),
+        settings.config.inspect.report_interval.0,
+    ));
     let proxy = &settings.config.proxy;
     tracing::info!(
         proxy = %listener.local_addr()?,

@@ -29,8 +29,10 @@ struct ClientJudge {
 
 impl ClientJudge {
     fn new() -> Self {
-        let mut config = Config::default();
-        config.mode = Mode::Observe;
+        let config = Config {
+            mode: Mode::Observe,
+            ..Config::default()
+        };
         ClientJudge {
             settings: Settings::compile(config).unwrap(),
         }
@@ -52,7 +54,11 @@ impl ClientJudge {
 
 /// Drives tasks through their whole life over every inspected route; returns, per route, the
 /// rules broken in what the client received.
-async fn poll_tasks(sidecar: &Sidecar, judge: &ClientJudge, tasks: usize) -> BTreeMap<String, usize> {
+async fn poll_tasks(
+    sidecar: &Sidecar,
+    judge: &ClientJudge,
+    tasks: usize,
+) -> BTreeMap<String, usize> {
     let mut seen_broken = BTreeMap::new();
     let mut ids = Vec::new();
     for n in 0..tasks {
@@ -69,7 +75,9 @@ async fn poll_tasks(sidecar: &Sidecar, judge: &ClientJudge, tasks: usize) -> BTr
     }
     let mut note = |route: usize, body: &[u8]| {
         for rule in judge.broken_rules(route, body) {
-            *seen_broken.entry(format!("{}:{rule}", ROUTES[route])).or_insert(0) += 1;
+            *seen_broken
+                .entry(format!("{}:{rule}", ROUTES[route]))
+                .or_insert(0) += 1;
         }
     };
     // Each poll advances a task one stage; 5 polls finish it, the rest poll a finished task.
@@ -99,20 +107,33 @@ fn assert_metrics_match_ledger(metrics: &str, ledger: &Value, fixed: bool) {
         let entry = &ledger["routes"][route];
         let value = |key: &str| entry[key].as_f64().unwrap();
         let series = |name: &str, labels: &[(&str, &str)]| standin::series(metrics, name, labels);
-        assert_eq!(series("consistency_checks_total", &[("route", route)]), value("records"), "{route} checks");
         assert_eq!(
-            series("consistency_results_total", &[("route", route), ("level", "consistent")]),
+            series("consistency_checks_total", &[("route", route)]),
+            value("records"),
+            "{route} checks"
+        );
+        assert_eq!(
+            series(
+                "consistency_results_total",
+                &[("route", route), ("level", "consistent")]
+            ),
             value("consistent"),
             "{route} consistent"
         );
         assert_eq!(
-            series("consistency_results_total", &[("route", route), ("level", "minor_issue")]),
+            series(
+                "consistency_results_total",
+                &[("route", route), ("level", "minor_issue")]
+            ),
             value("minor_issue"),
             "{route} minor"
         );
         for level in ["major_issue", "critical"] {
             assert_eq!(
-                series("consistency_results_total", &[("route", route), ("level", level)]),
+                series(
+                    "consistency_results_total",
+                    &[("route", route), ("level", level)]
+                ),
                 0.0,
                 "{route} {level}"
             );
@@ -121,25 +142,47 @@ fn assert_metrics_match_ledger(metrics: &str, ledger: &Value, fixed: bool) {
             let injected = entry["rules"][rule].as_f64().unwrap();
             injected_total += injected;
             assert_eq!(
-                series("consistency_issues_total", &[("route", route), ("rule", rule), ("level", "minor_issue")]),
+                series(
+                    "consistency_issues_total",
+                    &[("route", route), ("rule", rule), ("level", "minor_issue")]
+                ),
                 injected,
                 "{route} issues {rule}"
             );
-            let fixes = series("consistency_fixes_total", &[("route", route), ("rule", rule)]);
-            assert_eq!(fixes, if fixed { injected } else { 0.0 }, "{route} fixes {rule}");
+            let fixes = series(
+                "consistency_fixes_total",
+                &[("route", route), ("rule", rule)],
+            );
+            assert_eq!(
+                fixes,
+                if fixed { injected } else { 0.0 },
+                "{route} fixes {rule}"
+            );
         }
     }
-    assert!(injected_total >= 10.0, "the run must inject enough to mean something: {ledger}");
+    assert!(
+        injected_total >= 10.0,
+        "the run must inject enough to mean something: {ledger}"
+    );
 }
 
 async fn fix_mode_run(extra_standin_args: &[&str]) {
-    let Some(standin) = StandIn::start(&[&["--inject-rate", "0.3", "--seed", "11"], extra_standin_args].concat()) else {
+    let Some(standin) = StandIn::start(
+        &[
+            &["--inject-rate", "0.3", "--seed", "11"],
+            extra_standin_args,
+        ]
+        .concat(),
+    ) else {
         return;
     };
     let sidecar = Sidecar::start(standin.port, "").await;
     let judge = ClientJudge::new();
     let broken = poll_tasks(&sidecar, &judge, 12).await;
-    assert!(broken.is_empty(), "clients saw inconsistent answers in fix mode: {broken:?}");
+    assert!(
+        broken.is_empty(),
+        "clients saw inconsistent answers in fix mode: {broken:?}"
+    );
     let ledger = standin.ledger().await;
     let metrics = sidecar.metrics().await;
     assert_metrics_match_ledger(&metrics, &ledger, true);
@@ -208,9 +251,16 @@ async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
             let (direct_status, direct_headers, direct_body) = get(direct, &path).await;
             let (status, headers, body) = get(sidecar.proxy, &path).await;
             assert_eq!(status, direct_status, "{special}");
-            assert_eq!(body, direct_body, "{special} (chunked: {chunked}) must pass byte for byte");
+            assert_eq!(
+                body, direct_body,
+                "{special} (chunked: {chunked}) must pass byte for byte"
+            );
             for name in ["content-type", "content-encoding", "content-length"] {
-                assert_eq!(headers.get(name), direct_headers.get(name), "{special} {name}");
+                assert_eq!(
+                    headers.get(name),
+                    direct_headers.get(name),
+                    "{special} {name}"
+                );
             }
             let metrics = sidecar.metrics().await;
             let skipped = standin::series(
@@ -228,7 +278,11 @@ async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
         );
         assert_eq!(too_large, 2.0, "oversize and bomb (chunked: {chunked})");
         assert_eq!(
-            standin::series(&metrics, "consistency_checks_total", &[("route", "task_status")]),
+            standin::series(
+                &metrics,
+                "consistency_checks_total",
+                &[("route", "task_status")]
+            ),
             0.0
         );
     }
@@ -248,10 +302,20 @@ async fn seed_integration_flow_through_the_sidecar() {
     let (status, _, body2) = get(proxy, "/api/test").await;
     assert_eq!(status, 200);
     let message: Value = serde_json::from_slice(&body2).unwrap();
-    assert_eq!(message["message"], "Backend is working", "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        message["message"],
+        "Backend is working",
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 
     for brand in ["Acme", "fail-Acme"] {
-        let (status, _, body) = post(proxy, "/api/perform-brand-test", &format!(r#"{{"brand_list": ["{brand}"]}}"#)).await;
+        let (status, _, body) = post(
+            proxy,
+            "/api/perform-brand-test",
+            &format!(r#"{{"brand_list": ["{brand}"]}}"#),
+        )
+        .await;
         assert_eq!(status, 200);
         let id = serde_json::from_slice::<Value>(&body).unwrap()["execution_id"]
             .as_str()
@@ -264,9 +328,18 @@ async fn seed_integration_flow_through_the_sidecar() {
             let record: Value = serde_json::from_slice(&decode(&headers, &body)).unwrap();
             let (s, stage, done) = (&record["status"], &record["stage"], &record["is_completed"]);
             match s.as_str().unwrap() {
-                "completed" => assert!(stage == "completed" && done == true && record["progress"] == 100, "{record}"),
-                "failed" => assert!(stage == "failed" && done == true && record["progress"] == 0, "{record}"),
-                _ => assert!(done == false && stage != "completed" && stage != "failed", "{record}"),
+                "completed" => assert!(
+                    stage == "completed" && done == true && record["progress"] == 100,
+                    "{record}"
+                ),
+                "failed" => assert!(
+                    stage == "failed" && done == true && record["progress"] == 0,
+                    "{record}"
+                ),
+                _ => assert!(
+                    done == false && stage != "completed" && stage != "failed",
+                    "{record}"
+                ),
             }
             let finished = done == true;
             last = record;
@@ -274,7 +347,11 @@ async fn seed_integration_flow_through_the_sidecar() {
                 break;
             }
         }
-        let expected = if brand.starts_with("fail") { "failed" } else { "completed" };
+        let expected = if brand.starts_with("fail") {
+            "failed"
+        } else {
+            "completed"
+        };
         assert_eq!(last["status"], expected, "task reached its end");
         let (status, _, body) = get(proxy, &format!("/api/deep-intelligence/{id}")).await;
         if expected == "completed" {

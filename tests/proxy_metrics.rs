@@ -5,8 +5,8 @@ mod support;
 
 use std::sync::Arc;
 
-use consistency_sidecar::inspection::Inspector;
 use consistency_sidecar::config::Config;
+use consistency_sidecar::inspection::Inspector;
 use consistency_sidecar::metrics::Metrics;
 use consistency_sidecar::settings::Settings;
 use http::{Method, Request, StatusCode};

@@ -25,17 +25,31 @@ fn effective_config_round_trips() {
 fn errors_name_the_key() {
     let cases = [
         ("listen = \"nope\"", "listen"),
-        ("[proxy]\nconnect_timeout = \"soon\"", "proxy.connect_timeout"),
+        (
+            "[proxy]\nconnect_timeout = \"soon\"",
+            "proxy.connect_timeout",
+        ),
         ("upstream = \"https://x\"", "upstream"),
         ("mode = \"repair\"", "mode"),
         ("bogus = 1", "bogus"),
-        ("[[routes]]\nname = \"Bad Name\"\npath = \"/x\"", "routes[0].name"),
+        (
+            "[[routes]]\nname = \"Bad Name\"\npath = \"/x\"",
+            "routes[0].name",
+        ),
         ("[proxy]\nmax_headers = 0", "proxy.max_headers"),
-        ("[[rules]]\nname = \"new_rule\"\nlevel = \"critical\"", "rules[10].when"),
-        ("[tracker.rules.stage_regression]\nenabled = 1", "tracker.rules.?.enabled"),
+        (
+            "[[rules]]\nname = \"new_rule\"\nlevel = \"critical\"",
+            "rules[10].when",
+        ),
+        (
+            "[tracker.rules.stage_regression]\nenabled = 1",
+            "tracker.rules.?.enabled",
+        ),
     ];
     for (text, key) in cases {
-        let err = parse(text).and_then(|c| c.validate().map(|_| c)).expect_err(text);
+        let err = parse(text)
+            .and_then(|c| c.validate().map(|_| c))
+            .expect_err(text);
         assert_eq!(err.key, key, "{text}: {err}");
         assert!(!err.to_string().contains('\n'), "one line: {err}");
     }
@@ -44,7 +58,11 @@ fn errors_name_the_key() {
 #[test]
 fn rule_override_keeps_unset_keys() {
     let config = parse("[[rules]]\nname = \"completed_stage\"\nlevel = \"major_issue\"").unwrap();
-    let rule = config.rules.iter().find(|r| r.name == "completed_stage").unwrap();
+    let rule = config
+        .rules
+        .iter()
+        .find(|r| r.name == "completed_stage")
+        .unwrap();
     assert_eq!(rule.level, Some(Level::MajorIssue));
     assert!(rule.when.is_some());
     assert_eq!(config.rules.len(), 10);
@@ -52,7 +70,8 @@ fn rule_override_keeps_unset_keys() {
 
 #[test]
 fn routes_in_file_replace_defaults() {
-    let config = parse("[[routes]]\nname = \"jobs\"\npath = \"/jobs/{id}\"\nrecords = \"/data\"").unwrap();
+    let config =
+        parse("[[routes]]\nname = \"jobs\"\npath = \"/jobs/{id}\"\nrecords = \"/data\"").unwrap();
     config.validate().unwrap();
     assert_eq!(config.routes.len(), 1);
     assert_eq!(config.routes[0].method, "GET");
@@ -62,9 +81,15 @@ fn routes_in_file_replace_defaults() {
 fn tracker_rule_override_keeps_unset_keys() {
     let config = parse("[tracker.rules.progress_regression]\nlevel = \"major_issue\"").unwrap();
     let rule = config.tracker.rule(TransitionKind::ProgressRegression);
-    assert_eq!((rule.enabled, rule.level, rule.fix), (true, Level::MajorIssue, true));
+    assert_eq!(
+        (rule.enabled, rule.level, rule.fix),
+        (true, Level::MajorIssue, true)
+    );
     let stage = config.tracker.rule(TransitionKind::StageRegression);
-    assert_eq!((stage.enabled, stage.level, stage.fix), (true, Level::MajorIssue, false));
+    assert_eq!(
+        (stage.enabled, stage.level, stage.fix),
+        (true, Level::MajorIssue, false)
+    );
 }
 
 #[test]

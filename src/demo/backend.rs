@@ -15,7 +15,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-const STAGES: [&str; 5] = ["init", "ai_fetching", "ranking_analysis", "source_tracing", "completed"];
+const STAGES: [&str; 5] = [
+    "init",
+    "ai_fetching",
+    "ranking_analysis",
+    "source_tracing",
+    "completed",
+];
 
 /// The inconsistencies the stand-in injects: each breaks exactly one default rule, and that
 /// rule's fix restores the real record.
@@ -60,7 +66,10 @@ impl Backend {
     }
 
     pub fn injected_total(&self) -> u64 {
-        self.injected.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+        self.injected
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Serves until the listener's task is dropped.
@@ -93,18 +102,33 @@ impl Backend {
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                     .and_then(|v| v.get("brand_list")?.get(0)?.as_str().map(str::to_owned));
                 let Some(brand) = brand else {
-                    return json(StatusCode::BAD_REQUEST, r#"{"error": "brand_list is required"}"#.into());
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        r#"{"error": "brand_list is required"}"#.into(),
+                    );
                 };
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let task = Task { stage: 0, fails: brand.contains("fail"), failed: false };
+                let task = Task {
+                    stage: 0,
+                    fails: brand.contains("fail"),
+                    failed: false,
+                };
                 self.lock_tasks().insert(id, task);
-                json(StatusCode::OK, format!(r#"{{"status": "success", "execution_id": "demo-{id}"}}"#))
+                json(
+                    StatusCode::OK,
+                    format!(r#"{{"status": "success", "execution_id": "demo-{id}"}}"#),
+                )
             }
             (Method::GET, p) if p.starts_with("/test/status/") => {
-                let id = p["/test/status/".len()..].strip_prefix("demo-").and_then(|n| n.parse().ok());
+                let id = p["/test/status/".len()..]
+                    .strip_prefix("demo-")
+                    .and_then(|n| n.parse().ok());
                 match id.and_then(|id| self.poll(id)) {
                     Some(task) => json(StatusCode::OK, self.render(id.unwrap_or_default(), task)),
-                    None => json(StatusCode::NOT_FOUND, r#"{"error": "task not found"}"#.into()),
+                    None => json(
+                        StatusCode::NOT_FOUND,
+                        r#"{"error": "task not found"}"#.into(),
+                    ),
                 }
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"error": "not found"}"#.into()),
@@ -179,9 +203,10 @@ impl Backend {
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 

@@ -40,7 +40,9 @@ struct ClientTally {
 
 pub fn run(args: &DemoArgs) -> ExitCode {
     if !(0.0..=1.0).contains(&args.inject_rate) || args.clients == 0 {
-        eprintln!("consistency-sidecar: --inject-rate must be within 0..=1 and --clients at least 1");
+        eprintln!(
+            "consistency-sidecar: --inject-rate must be within 0..=1 and --clients at least 1"
+        );
         return ExitCode::from(crate::cli::EX_USAGE);
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -69,9 +71,11 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     let backend_addr = backend_listener.local_addr()?;
     let backend_task = tokio::spawn(backend.clone().serve(backend_listener));
 
-    let mut config = Config::default();
-    config.upstream = format!("http://{backend_addr}").parse()?;
-    config.mode = Mode::Fix;
+    let config = Config {
+        upstream: format!("http://{backend_addr}").parse()?,
+        mode: Mode::Fix,
+        ..Config::default()
+    };
     let settings = Arc::new(Settings::compile(config)?);
     let metrics = Arc::new(crate::metrics::Metrics::new(&settings));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -79,21 +83,39 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sidecar = tokio::spawn(crate::server::serve(listener, admin, settings, metrics, async {
-        let _ = stopped.await;
-    }));
+    let sidecar = tokio::spawn(crate::server::serve(
+        listener,
+        admin,
+        settings,
+        metrics,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     println!("consistency-sidecar demo");
     println!("  stand-in legacy backend  http://{backend_addr}  (injects inconsistencies into {:.1}% of finished-task answers)", args.inject_rate * 100.0);
     println!("  sidecar (fix mode)       http://{proxy_addr}");
     println!("  admin                    http://{admin_addr}/metrics");
-    println!("  {} simulated front ends polling for {}\n", args.clients, humantime::format_duration(args.duration));
+    println!(
+        "  {} simulated front ends polling for {}\n",
+        args.clients,
+        humantime::format_duration(args.duration)
+    );
 
     let tally = Arc::new(ClientTally::default());
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let deadline = Instant::now() + args.duration;
     let clients: Vec<_> = (0..args.clients)
-        .map(|n| tokio::spawn(front_end(n, client.clone(), proxy_addr, deadline, tally.clone())))
+        .map(|n| {
+            tokio::spawn(front_end(
+                n,
+                client.clone(),
+                proxy_addr,
+                deadline,
+                tally.clone(),
+            ))
+        })
         .collect();
 
     let started = Instant::now();
@@ -114,8 +136,9 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
 
     let admin_url = format!("http://{admin_addr}");
     let report_text = crate::admin_client::fetch_text(&format!("{admin_url}/report")).await?;
-    let report: Report =
-        serde_json::from_str(&crate::admin_client::fetch_text(&format!("{admin_url}/report.json")).await?)?;
+    let report: Report = serde_json::from_str(
+        &crate::admin_client::fetch_text(&format!("{admin_url}/report.json")).await?,
+    )?;
     let metrics = crate::admin_client::fetch_text(&format!("{admin_url}/metrics")).await?;
     println!("\n{report_text}");
     summarise(&backend, &tally, &report, &metrics);
@@ -156,28 +179,37 @@ fn summarise(backend: &Backend, tally: &ClientTally, report: &Report, metrics: &
     for (rule, count) in INJECTED_RULES.iter().zip(&backend.injected) {
         println!("    {rule:<30}  {}", count.load(Ordering::Relaxed));
     }
-    println!("  issues caught by the sidecar      {}", report.issues_found);
+    println!(
+        "  issues caught by the sidecar      {}",
+        report.issues_found
+    );
     println!("  values fixed in flight            {fixes}");
     println!(
         "  inconsistent answers at clients   {} of {} polls",
         tally.inconsistent.load(Ordering::Relaxed),
         tally.polls.load(Ordering::Relaxed)
     );
-    let verdict = if report.issues_found == injected && tally.inconsistent.load(Ordering::Relaxed) == 0 {
-        "every injected inconsistency was caught and fixed before it reached a client"
-    } else {
-        "caught and injected differ: look at the report above and the sidecar's logs"
-    };
+    let verdict =
+        if report.issues_found == injected && tally.inconsistent.load(Ordering::Relaxed) == 0 {
+            "every injected inconsistency was caught and fixed before it reached a client"
+        } else {
+            "caught and injected differ: look at the report above and the sidecar's logs"
+        };
     println!("  => {verdict}");
 }
 
 /// One front end: create a task, poll it until it ends (and a few times after, as pages do),
 /// judging every answer with the same engine, in observe mode and without memory.
-async fn front_end(n: usize, client: HttpClient, proxy: std::net::SocketAddr, deadline: Instant, tally: Arc<ClientTally>) {
-    let judge = Settings::compile({
-        let mut config = Config::default();
-        config.mode = Mode::Observe;
-        config
+async fn front_end(
+    n: usize,
+    client: HttpClient,
+    proxy: std::net::SocketAddr,
+    deadline: Instant,
+    tally: Arc<ClientTally>,
+) {
+    let judge = Settings::compile(Config {
+        mode: Mode::Observe,
+        ..Config::default()
     });
     let Ok(judge) = judge else { return };
     let status_route = &judge.route_specs[0];
@@ -185,9 +217,19 @@ async fn front_end(n: usize, client: HttpClient, proxy: std::net::SocketAddr, de
     while Instant::now() < deadline {
         round += 1;
         // Every fifth task fails on purpose, as real brand tests sometimes do.
-        let brand = if (n + round) % 5 == 0 { "fail-brand" } else { "brand" };
-        let Ok(created) = request(&client, http::Method::POST, proxy, "/api/perform-brand-test",
-            format!(r#"{{"brand_list": ["{brand}-{n}-{round}"], "selectedModels": ["demo"]}}"#)).await
+        let brand = if (n + round) % 5 == 0 {
+            "fail-brand"
+        } else {
+            "brand"
+        };
+        let Ok(created) = request(
+            &client,
+            http::Method::POST,
+            proxy,
+            "/api/perform-brand-test",
+            format!(r#"{{"brand_list": ["{brand}-{n}-{round}"], "selectedModels": ["demo"]}}"#),
+        )
+        .await
         else {
             return;
         };
@@ -202,7 +244,15 @@ async fn front_end(n: usize, client: HttpClient, proxy: std::net::SocketAddr, de
             if Instant::now() >= deadline {
                 return;
             }
-            let Ok(body) = request(&client, http::Method::GET, proxy, &format!("/test/status/{id}"), String::new()).await else {
+            let Ok(body) = request(
+                &client,
+                http::Method::GET,
+                proxy,
+                &format!("/test/status/{id}"),
+                String::new(),
+            )
+            .await
+            else {
                 return;
             };
             tally.polls.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +262,9 @@ async fn front_end(n: usize, client: HttpClient, proxy: std::net::SocketAddr, de
                     if records.iter().any(|r| !r.issues.is_empty()) {
                         tally.inconsistent.fetch_add(1, Ordering::Relaxed);
                     }
-                    records.iter().any(|r| matches!(r.sent.status.as_deref(), Some("completed" | "failed")))
+                    records
+                        .iter()
+                        .any(|r| matches!(r.sent.status.as_deref(), Some("completed" | "failed")))
                 }
                 Outcome::Skipped(_) => false,
             };
@@ -230,7 +282,13 @@ async fn front_end(n: usize, client: HttpClient, proxy: std::net::SocketAddr, de
     }
 }
 
-async fn request(client: &HttpClient, method: http::Method, addr: std::net::SocketAddr, path: &str, body: String) -> Result<Bytes, BoxError> {
+async fn request(
+    client: &HttpClient,
+    method: http::Method,
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: String,
+) -> Result<Bytes, BoxError> {
     let request = http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))

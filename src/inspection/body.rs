@@ -39,7 +39,11 @@ impl<B> InspectBody<B> {
     }
 
     /// `held` frames, then `rest` (if the upstream body has not ended), then `failure` (if any).
-    pub fn replay(held: VecDeque<Frame<Bytes>>, rest: Option<B>, failure: Option<BoxError>) -> Self {
+    pub fn replay(
+        held: VecDeque<Frame<Bytes>>,
+        rest: Option<B>,
+        failure: Option<BoxError>,
+    ) -> Self {
         InspectBody::Replay {
             held,
             rest,

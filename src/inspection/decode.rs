@@ -63,7 +63,11 @@ impl Coding {
 
     /// Encodes a patched body in this coding.
     pub fn encode(self, body: &[u8]) -> std::io::Result<Bytes> {
-        fn finish<W: Write>(mut w: W, body: &[u8], done: impl FnOnce(W) -> std::io::Result<Vec<u8>>) -> std::io::Result<Bytes> {
+        fn finish<W: Write>(
+            mut w: W,
+            body: &[u8],
+            done: impl FnOnce(W) -> std::io::Result<Vec<u8>>,
+        ) -> std::io::Result<Bytes> {
             w.write_all(body)?;
             done(w).map(Bytes::from)
         }
@@ -102,7 +106,11 @@ mod tests {
         let body = br#"{"status":"completed","stage":"completed"}"#;
         for coding in [Coding::Gzip, Coding::Zlib, Coding::RawDeflate] {
             let encoded = coding.encode(body).unwrap();
-            let header = if coding == Coding::Gzip { "gzip" } else { "deflate" };
+            let header = if coding == Coding::Gzip {
+                "gzip"
+            } else {
+                "deflate"
+            };
             let declared = Coding::from_header(Some(header)).unwrap();
             let (decoded, found) = declared.decode(&encoded, 1024).unwrap();
             assert_eq!(&decoded[..], &body[..]);
@@ -114,7 +122,10 @@ mod tests {
     fn bomb_is_refused_without_inflating_it() {
         let bomb = Coding::Gzip.encode(&vec![b' '; 4 << 20]).unwrap();
         assert!(bomb.len() < 64 << 10);
-        assert_eq!(Coding::Gzip.decode(&bomb, 1 << 20), Err(DecodeError::TooLarge));
+        assert_eq!(
+            Coding::Gzip.decode(&bomb, 1 << 20),
+            Err(DecodeError::TooLarge)
+        );
     }
 
     #[test]

@@ -63,10 +63,15 @@ impl RouteCounters {
         let mut issues = Vec::new();
         let mut fixes = Vec::new();
         for (rule, level, fixable) in rule_labels(settings, config.track) {
-            let counter = metrics.issues.with_label_values(&[route, rule, level.as_str()]);
+            let counter = metrics
+                .issues
+                .with_label_values(&[route, rule, level.as_str()]);
             issues.push((rule.to_string(), level, counter));
             if fixable {
-                fixes.push((rule.to_string(), metrics.fixes.with_label_values(&[route, rule])));
+                fixes.push((
+                    rule.to_string(),
+                    metrics.fixes.with_label_values(&[route, rule]),
+                ));
             }
         }
         RouteCounters {
@@ -86,7 +91,11 @@ impl RouteCounters {
 
     /// Counts an issue; a combination not known at start (none today) still gets its series.
     pub fn issue(&self, metrics: &Metrics, rule: &str, level: Level) {
-        match self.issues.iter().find(|(r, l, _)| r == rule && *l == level) {
+        match self
+            .issues
+            .iter()
+            .find(|(r, l, _)| r == rule && *l == level)
+        {
             Some((_, _, counter)) => counter.inc(),
             None => metrics
                 .issues

@@ -112,9 +112,14 @@ impl Inspector {
     /// gauge and eviction counters up to date.
     pub fn maintain(&self) {
         self.tracker.purge_expired();
-        self.metrics.tracked_tasks.set(self.tracker.tracked() as i64);
+        self.metrics
+            .tracked_tasks
+            .set(self.tracker.tracked() as i64);
         for reason in [EvictionReason::Capacity, EvictionReason::Ttl] {
-            let counter = self.metrics.tracker_evictions.with_label_values(&[reason.as_str()]);
+            let counter = self
+                .metrics
+                .tracker_evictions
+                .with_label_values(&[reason.as_str()]);
             let total = self.tracker.evictions(reason);
             if total > counter.get() {
                 counter.inc_by(total - counter.get());
@@ -138,10 +143,7 @@ impl Inspector {
         };
         let status = response.status();
         // Only a successful response with a body carries a status record.
-        if *method == Method::HEAD
-            || !status.is_success()
-            || matches!(status.as_u16(), 204..=206)
-        {
+        if *method == Method::HEAD || !status.is_success() || matches!(status.as_u16(), 204..=206) {
             return response.map(InspectBody::passthrough);
         }
         let skip = |reason: Skip, response: Response<B>| {
@@ -155,9 +157,12 @@ impl Inspector {
         if declared_length(response.headers()).is_some_and(|n| n > self.max_body_bytes as u64) {
             return skip(Skip::TooLarge, response);
         }
-        let Some(coding) =
-            Coding::from_header(response.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()))
-        else {
+        let Some(coding) = Coding::from_header(
+            response
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        ) else {
             return skip(Skip::Encoding, response);
         };
 
@@ -218,8 +223,8 @@ impl Inspector {
         };
         self.account(target, records);
 
-        let unchanged = inspection.body.len() == decoded.len()
-            && inspection.body.as_ptr() == decoded.as_ptr();
+        let unchanged =
+            inspection.body.len() == decoded.len() && inspection.body.as_ptr() == decoded.as_ptr();
         if unchanged {
             return replay(head, raw, trailers);
         }
@@ -231,12 +236,21 @@ impl Inspector {
                 return replay(head, raw, trailers);
             }
         };
-        rewrite_head(&mut head.headers, patched.len(), self.fixed_header.then_some(records));
+        rewrite_head(
+            &mut head.headers,
+            patched.len(),
+            self.fixed_header.then_some(records),
+        );
         replay(head, patched, trailers)
     }
 
     /// Runs the engine; a panic inside it is caught, logged and reported as `None`.
-    fn run_engine(&self, route: usize, target: &InspectedRoute, body: &Bytes) -> Option<Inspection> {
+    fn run_engine(
+        &self,
+        route: usize,
+        target: &InspectedRoute,
+        body: &Bytes,
+    ) -> Option<Inspection> {
         let started = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if target.track {
@@ -278,7 +292,6 @@ impl Inspector {
         }
         counters.update_ratio();
     }
-
 }
 
 /// Reads the body until its end or past `limit` bytes, whichever comes first.
@@ -311,7 +324,10 @@ where
             }
         }
     }
-    let data: Vec<Bytes> = frames.into_iter().filter_map(|f| f.into_data().ok()).collect();
+    let data: Vec<Bytes> = frames
+        .into_iter()
+        .filter_map(|f| f.into_data().ok())
+        .collect();
     let whole = match data.len() {
         0 => Bytes::new(),
         1 => data.into_iter().next().unwrap_or_default(),
@@ -328,7 +344,10 @@ where
 
 /// `application/json` or any `+json` type, parameters aside.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let essence = value.split(';').next().unwrap_or("").trim();

@@ -56,13 +56,21 @@ fn json_response(body: &str) -> Response<TestBody> {
 
 impl Harness {
     /// Sends `GET path` through the layer to an upstream answering `upstream`.
-    async fn get(&self, path: &str, upstream: Response<TestBody>) -> (http::response::Parts, Result<Bytes, BoxError>) {
+    async fn get(
+        &self,
+        path: &str,
+        upstream: Response<TestBody>,
+    ) -> (http::response::Parts, Result<Bytes, BoxError>) {
         let mut request = Request::get(path).body(()).unwrap();
         let route = self.routes.classify(request.method(), path);
         request.extensions_mut().insert(route);
         let slot = std::sync::Mutex::new(Some(upstream));
         let inner = service_fn(move |_req: Request<()>| {
-            let response = slot.lock().unwrap().take().expect("one request per harness call");
+            let response = slot
+                .lock()
+                .unwrap()
+                .take()
+                .expect("one request per harness call");
             async move { Ok::<_, Infallible>(response) }
         });
         let service = InspectLayer::new(self.inspector.clone()).layer(inner);
@@ -82,7 +90,11 @@ impl Harness {
         let found: Vec<f64> = text
             .lines()
             .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
             .collect();
         assert_eq!(found.len(), 1, "one series {name}{labels:?} in\n{text}");
@@ -96,39 +108,70 @@ use tower::Layer as _;
 async fn consistent_body_passes_byte_for_byte() {
     let h = harness(|_| {});
     let mut upstream = json_response(CONSISTENT);
-    upstream.headers_mut().insert("etag", HeaderValue::from_static("\"abc\""));
+    upstream
+        .headers_mut()
+        .insert("etag", HeaderValue::from_static("\"abc\""));
     let (head, body) = h.get("/test/status/t1", upstream).await;
     assert_eq!(body.unwrap(), CONSISTENT.as_bytes());
     assert_eq!(head.headers["etag"], "\"abc\"");
-    assert_eq!(head.headers["content-length"], CONSISTENT.len().to_string().as_str());
-    assert_eq!(h.metric("consistency_checks_total", &[("route", "task_status")]), 1.0);
     assert_eq!(
-        h.metric("consistency_results_total", &[("route", "task_status"), ("level", "consistent")]),
+        head.headers["content-length"],
+        CONSISTENT.len().to_string().as_str()
+    );
+    assert_eq!(
+        h.metric("consistency_checks_total", &[("route", "task_status")]),
         1.0
     );
-    assert_eq!(h.metric("consistency_ratio", &[("route", "task_status")]), 1.0);
+    assert_eq!(
+        h.metric(
+            "consistency_results_total",
+            &[("route", "task_status"), ("level", "consistent")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        h.metric("consistency_ratio", &[("route", "task_status")]),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn stale_stage_is_fixed_in_flight_and_headers_follow() {
     let h = harness(|_| {});
     let mut upstream = json_response(STALE_STAGE);
-    upstream.headers_mut().insert("etag", HeaderValue::from_static("\"v1\""));
-    upstream.headers_mut().insert("digest", HeaderValue::from_static("sha-256=abc"));
+    upstream
+        .headers_mut()
+        .insert("etag", HeaderValue::from_static("\"v1\""));
+    upstream
+        .headers_mut()
+        .insert("digest", HeaderValue::from_static("sha-256=abc"));
     let (head, body) = h.get("/test/status/t2", upstream).await;
     assert_eq!(body.unwrap(), STALE_STAGE_FIXED.as_bytes());
-    assert_eq!(head.headers["content-length"], STALE_STAGE_FIXED.len().to_string().as_str());
+    assert_eq!(
+        head.headers["content-length"],
+        STALE_STAGE_FIXED.len().to_string().as_str()
+    );
     assert_eq!(head.headers["etag"], "W/\"v1\"");
     assert!(!head.headers.contains_key("digest"));
     assert!(!head.headers.contains_key(FIXED_HEADER), "off by default");
-    let fixes = h.metric("consistency_fixes_total", &[("route", "task_status"), ("rule", "completed_stage")]);
+    let fixes = h.metric(
+        "consistency_fixes_total",
+        &[("route", "task_status"), ("rule", "completed_stage")],
+    );
     assert_eq!(fixes, 1.0);
     let issues = h.metric(
         "consistency_issues_total",
-        &[("route", "task_status"), ("rule", "completed_stage"), ("level", "minor_issue")],
+        &[
+            ("route", "task_status"),
+            ("rule", "completed_stage"),
+            ("level", "minor_issue"),
+        ],
     );
     assert_eq!(issues, 1.0);
-    assert_eq!(h.metric("consistency_ratio", &[("route", "task_status")]), 0.0);
+    assert_eq!(
+        h.metric("consistency_ratio", &[("route", "task_status")]),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -145,11 +188,18 @@ async fn observe_mode_counts_but_never_touches() {
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
     let issues = h.metric(
         "consistency_issues_total",
-        &[("route", "task_status"), ("rule", "completed_stage"), ("level", "minor_issue")],
+        &[
+            ("route", "task_status"),
+            ("rule", "completed_stage"),
+            ("level", "minor_issue"),
+        ],
     );
     assert_eq!(issues, 1.0);
     assert_eq!(
-        h.metric("consistency_fixes_total", &[("route", "task_status"), ("rule", "completed_stage")]),
+        h.metric(
+            "consistency_fixes_total",
+            &[("route", "task_status"), ("rule", "completed_stage")]
+        ),
         0.0
     );
 }
@@ -160,18 +210,29 @@ async fn unrouted_and_non_json_responses_pass_through() {
     let (_, body) = h.get("/api/other", json_response(STALE_STAGE)).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes(), "unrouted: untouched");
     let mut html = json_response(STALE_STAGE);
-    html.headers_mut().insert("content-type", HeaderValue::from_static("text/html"));
+    html.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/html"));
     let (_, body) = h.get("/test/status/t2", html).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
     assert_eq!(
-        h.metric("consistency_skipped_total", &[("route", "task_status"), ("reason", "not_json")]),
+        h.metric(
+            "consistency_skipped_total",
+            &[("route", "task_status"), ("reason", "not_json")]
+        ),
         1.0
     );
     let mut error = json_response(STALE_STAGE);
     *error.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     let (_, body) = h.get("/test/status/t2", error).await;
-    assert_eq!(body.unwrap(), STALE_STAGE.as_bytes(), "non-2xx: not a status record");
-    assert_eq!(h.metric("consistency_checks_total", &[("route", "task_status")]), 0.0);
+    assert_eq!(
+        body.unwrap(),
+        STALE_STAGE.as_bytes(),
+        "non-2xx: not a status record"
+    );
+    assert_eq!(
+        h.metric("consistency_checks_total", &[("route", "task_status")]),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -203,11 +264,16 @@ async fn oversize_bodies_stream_through_whole() {
         .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
         .collect();
     let mut chunked = Response::new(StreamBody::new(futures_stream(chunks)).boxed_unsync());
-    chunked.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    chunked
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     let (_, body) = h.get("/test/status/t2", chunked).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
     assert_eq!(
-        h.metric("consistency_skipped_total", &[("route", "task_status"), ("reason", "too_large")]),
+        h.metric(
+            "consistency_skipped_total",
+            &[("route", "task_status"), ("reason", "too_large")]
+        ),
         2.0
     );
 }
@@ -217,21 +283,34 @@ async fn gzip_is_decoded_patched_and_reencoded() {
     let h = harness(|_| {});
     let compressed = Coding::Gzip.encode(STALE_STAGE.as_bytes()).unwrap();
     let mut upstream = Response::new(full(compressed.clone()));
-    upstream.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-    upstream.headers_mut().insert("content-encoding", HeaderValue::from_static("gzip"));
-    upstream.headers_mut().insert("content-length", HeaderValue::from(compressed.len()));
+    upstream
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    upstream
+        .headers_mut()
+        .insert("content-encoding", HeaderValue::from_static("gzip"));
+    upstream
+        .headers_mut()
+        .insert("content-length", HeaderValue::from(compressed.len()));
     let (head, body) = h.get("/test/status/t2", upstream).await;
     let body = body.unwrap();
     assert_eq!(head.headers["content-encoding"], "gzip");
-    assert_eq!(head.headers["content-length"], body.len().to_string().as_str());
+    assert_eq!(
+        head.headers["content-length"],
+        body.len().to_string().as_str()
+    );
     let (decoded, _) = Coding::Gzip.decode(&body, 1 << 20).unwrap();
     assert_eq!(decoded, STALE_STAGE_FIXED.as_bytes());
 
     // Nothing to fix: the original compressed bytes go out.
     let compressed = Coding::Gzip.encode(CONSISTENT.as_bytes()).unwrap();
     let mut upstream = Response::new(full(compressed.clone()));
-    upstream.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-    upstream.headers_mut().insert("content-encoding", HeaderValue::from_static("gzip"));
+    upstream
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    upstream
+        .headers_mut()
+        .insert("content-encoding", HeaderValue::from_static("gzip"));
     let (_, body) = h.get("/test/status/t1", upstream).await;
     assert_eq!(body.unwrap(), compressed);
 }
@@ -243,16 +322,27 @@ async fn bombs_unknown_codings_and_bad_json_are_counted_and_untouched() {
     let cases: [(&str, Bytes, &str); 3] = [
         ("gzip", bomb, "too_large"),
         ("br", Bytes::from_static(b"\x0b\x02\x80{}\x03"), "encoding"),
-        ("identity", Bytes::from_static(b"{\"status\": \"completed\", "), "unparseable"),
+        (
+            "identity",
+            Bytes::from_static(b"{\"status\": \"completed\", "),
+            "unparseable",
+        ),
     ];
     for (coding, raw, reason) in cases {
         let mut upstream = Response::new(full(raw.clone()));
-        upstream.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-        upstream.headers_mut().insert("content-encoding", HeaderValue::from_static(coding));
+        upstream
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        upstream
+            .headers_mut()
+            .insert("content-encoding", HeaderValue::from_static(coding));
         let (_, body) = h.get("/test/status/x", upstream).await;
         assert_eq!(body.unwrap(), raw, "{coding}");
         assert_eq!(
-            h.metric("consistency_skipped_total", &[("route", "task_status"), ("reason", reason)]),
+            h.metric(
+                "consistency_skipped_total",
+                &[("route", "task_status"), ("reason", reason)]
+            ),
             1.0,
             "{reason}"
         );
@@ -267,7 +357,9 @@ async fn upstream_failure_mid_body_reaches_the_client_as_an_error() {
         Err("upstream reset".into()),
     ];
     let mut upstream = Response::new(StreamBody::new(futures_stream(frames)).boxed_unsync());
-    upstream.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    upstream
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     let (_, body) = h.get("/test/status/t2", upstream).await;
     assert!(body.is_err(), "a broken body must not look complete");
 }
@@ -282,7 +374,9 @@ async fn trailers_survive_inspection() {
         Ok(Frame::trailers(trailers)),
     ];
     let mut upstream = Response::new(StreamBody::new(futures_stream(frames)).boxed_unsync());
-    upstream.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    upstream
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     let mut request = Request::get("/test/status/t2").body(()).unwrap();
     let route = h.routes.classify(request.method(), "/test/status/t2");
     request.extensions_mut().insert(route);

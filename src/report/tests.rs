@@ -34,7 +34,10 @@ fn empty_book_reports_full_consistency() {
 fn counts_levels_and_keeps_newest_issues_first() {
     let book = ReportBook::new(3);
     for i in 0..995 {
-        book.record("task_status", &verdict(&format!("ok_{i}"), Level::Consistent, &[]));
+        book.record(
+            "task_status",
+            &verdict(&format!("ok_{i}"), Level::Consistent, &[]),
+        );
     }
     for i in 0..5 {
         book.record(
@@ -57,13 +60,19 @@ fn counts_levels_and_keeps_newest_issues_first() {
     assert!(text.contains("Total checks: 1000"), "{text}");
     assert!(text.contains("Consistency ratio: 99.50%"), "{text}");
     assert!(text.contains("  minor_issue: 5"), "{text}");
-    assert!(text.contains("[minor_issue] task_id=bad_4 completed_stage: completed_stage broke"), "{text}");
+    assert!(
+        text.contains("[minor_issue] task_id=bad_4 completed_stage: completed_stage broke"),
+        "{text}"
+    );
 }
 
 #[test]
 fn json_round_trips() {
     let book = ReportBook::new(10);
-    book.record("task_status", &verdict("t1", Level::Critical, &["missing_field"]));
+    book.record(
+        "task_status",
+        &verdict("t1", Level::Critical, &["missing_field"]),
+    );
     let report = book.snapshot();
     let json = serde_json::to_string(&report).unwrap();
     let back: Report = serde_json::from_str(&json).unwrap();

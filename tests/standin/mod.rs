@@ -52,7 +52,8 @@ impl StandIn {
         if !require_tool("python3") {
             return None;
         }
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/standin/legacy_backend.py");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/standin/legacy_backend.py");
         let mut child = Command::new("python3")
             .arg(script)
             .args(["--port", "0"])
@@ -63,7 +64,9 @@ impl StandIn {
             .expect("python3 starts");
         let mut line = String::new();
         let stdout = child.stdout.take().expect("piped stdout");
-        BufReader::new(stdout).read_line(&mut line).expect("stand-in prints its port");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("stand-in prints its port");
         let port = line
             .trim()
             .strip_prefix("LISTENING ")
@@ -144,7 +147,10 @@ impl Sidecar {
                 }
                 panic!("sidecar exited early ({status}): {err}");
             }
-            if try_get(self.admin, "/healthz").await.is_ok_and(|(s, _, _)| s == 200) {
+            if try_get(self.admin, "/healthz")
+                .await
+                .is_ok_and(|(s, _, _)| s == 200)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -155,7 +161,10 @@ impl Sidecar {
     pub async fn metrics(&self) -> String {
         let (status, headers, body) = get(self.admin, "/metrics").await;
         assert_eq!(status, 200);
-        assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+        assert!(headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
         String::from_utf8(body.to_vec()).expect("metrics are text")
     }
 }
@@ -170,7 +179,12 @@ impl Drop for Sidecar {
 
 type Answer = (u16, HeaderMap, Bytes);
 
-async fn send(addr: SocketAddr, method: http::Method, path: &str, body: &str) -> Result<Answer, String> {
+async fn send(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    body: &str,
+) -> Result<Answer, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let request = http::Request::builder()
         .method(method)
@@ -212,7 +226,10 @@ pub async fn post(addr: SocketAddr, path: &str, body: &str) -> Answer {
 /// The body as JSON bytes, undoing any Content-Encoding.
 pub fn decode(headers: &HeaderMap, body: &Bytes) -> Vec<u8> {
     let mut out = Vec::new();
-    match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+    match headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+    {
         Some("gzip") => flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out),
         Some("deflate") => flate2::read::ZlibDecoder::new(&body[..]).read_to_end(&mut out),
         _ => return body.to_vec(),
@@ -226,7 +243,11 @@ pub fn series(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<f64> = metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     assert_eq!(found.len(), 1, "exactly one series {name}{labels:?}");
