@@ -19,14 +19,14 @@
 //! - `demo`: the self-contained demo.
 #![forbid(unsafe_code)]
 
-pub mod admin_client;
 pub mod admin;
+pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
-pub mod inspection;
 pub mod inspect_cmd;
+pub mod inspection;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
