@@ -2,20 +2,25 @@
 # Load benchmark of the whole proxy: wrk straight at nginx vs wrk through the sidecar in front
 # of the same nginx, in one run, on loopback. Also the sidecar's peak RSS idle and under load.
 #
-# Usage: benches/load.sh [duration=10s] [connections=32]
+# Usage: benches/load.sh [duration=10s] [connections=32] [rounds=1]
+# With several rounds the targets are measured in turn, round after round, and the table shows
+# each target's median requests/s and median p99.
 # Needs: wrk, nginx, python3 (to pick free ports), a release build (made here).
 # Everything started here is stopped by pid on exit; nothing listens beyond 127.0.0.1.
 set -euo pipefail
 
 DURATION="${1:-10s}"
 CONNS="${2:-32}"
+ROUNDS="${3:-1}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d /tmp/sidecar-load.XXXXXX)"
 NGINX_PID=""
 SIDECAR_PID=""
+UNTRACKED_PID=""
 
 cleanup() {
     [ -n "$SIDECAR_PID" ] && kill "$SIDECAR_PID" 2>/dev/null && wait "$SIDECAR_PID" 2>/dev/null || true
+    [ -n "$UNTRACKED_PID" ] && kill "$UNTRACKED_PID" 2>/dev/null && wait "$UNTRACKED_PID" 2>/dev/null || true
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -46,6 +51,9 @@ mkdir -p "$WORK/html/test/status" "$WORK/logs"
 printf '{"task_id":"t-1","status":"running","stage":"ai_fetching","progress":40,"is_completed":false}\n' \
     >"$WORK/html/test/status/t-1"
 cp "$WORK/html/test/status/t-1" "$WORK/html/static.json"
+# A status that needs one fix on every response (status completed, stage stale).
+printf '{"task_id":"t-2","status":"completed","stage":"ai_fetching","progress":100,"is_completed":true}\n' \
+    >"$WORK/html/test/status/t-2"
 chmod -R a+rX "$WORK"
 cat >"$WORK/nginx.conf" <<CONF
 worker_processes 1;
@@ -73,48 +81,90 @@ NGINX_PID=$!
 UPSTREAM="http://127.0.0.1:$NGINX_PORT"
 wait_http "$UPSTREAM/test/status/t-1"
 
-# The sidecar in front of it; it logs the addresses it bound.
-cat >"$WORK/sidecar.toml" <<CONF
+# start_sidecar NAME EXTRA_TOML: starts a sidecar in front of nginx; sets $PID, $PROXY, $ADMIN.
+start_sidecar() {
+    cat >"$WORK/$1.toml" <<CONF
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 upstream = "$UPSTREAM"
 # nginx keeps connections 65 s; reuse them for a while.
 [proxy]
 upstream_idle_timeout = "30s"
+$2
 CONF
-RUST_LOG=warn,consistency_sidecar::server=info NO_COLOR=1 \
-    "$ROOT/target/release/consistency-sidecar" run --config "$WORK/sidecar.toml" 2>"$WORK/sidecar.log" &
-SIDECAR_PID=$!
-PROXY=""
-for _ in $(seq 1 50); do
-    PROXY="$(grep -o 'proxy=[0-9.:]*' "$WORK/sidecar.log" | head -1 | cut -d= -f2 || true)"
-    [ -n "$PROXY" ] && break
-    sleep 0.1
-done
-[ -n "$PROXY" ] || { echo "load.sh: sidecar did not start:" >&2; cat "$WORK/sidecar.log" >&2; exit 1; }
-ADMIN="$(grep -o 'admin=[0-9.:]*' "$WORK/sidecar.log" | head -1 | cut -d= -f2)"
-wait_http "http://$PROXY/test/status/t-1"
+    RUST_LOG=error,consistency_sidecar::server=info NO_COLOR=1 \
+        "$ROOT/target/release/consistency-sidecar" run --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
+    PID=$!
+    PROXY=""
+    for _ in $(seq 1 50); do
+        PROXY="$(grep -o 'proxy=[0-9.:]*' "$WORK/$1.log" | head -1 | cut -d= -f2 || true)"
+        [ -n "$PROXY" ] && break
+        sleep 0.1
+    done
+    [ -n "$PROXY" ] || { echo "load.sh: sidecar did not start:" >&2; cat "$WORK/$1.log" >&2; exit 1; }
+    ADMIN="$(grep -o 'admin=[0-9.:]*' "$WORK/$1.log" | head -1 | cut -d= -f2)"
+    wait_http "http://$PROXY/test/status/t-1"
+}
+
+start_sidecar sidecar ""
+SIDECAR_PID=$PID
+TRACKED_PROXY=$PROXY
+TRACKED_ADMIN=$ADMIN
+# The same, with the task memory off on the status route.
+start_sidecar untracked '[[routes]]
+name = "task_status"
+path = "/test/status/{task_id}"
+track = false'
+UNTRACKED_PID=$PID
+UNTRACKED_PROXY=$PROXY
+PROXY=$TRACKED_PROXY
+ADMIN=$TRACKED_ADMIN
 
 rss() { awk '/VmHWM/ {print $2 " " $3}' "/proc/$SIDECAR_PID/status"; }
 IDLE_RSS="$(rss)"
 
-run_wrk() { # label url
-    local out
-    out="$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$2")"
-    echo "$out" >"$WORK/wrk-$1.txt"
-    local rps p99
-    rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-    p99="$(awk '$1 == "99%" {print $2}' <<<"$out")"
-    printf '| %-28s | %12s | %8s |\n' "$1" "$rps" "$p99"
+to_us() { # wrk latency (e.g. 812.00us, 1.20ms, 2.00s) -> microseconds
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else print n * 1000000 }'
 }
 
-echo "wrk -t2 -c$CONNS -d$DURATION --latency, loopback, $(nproc) CPUs, nginx worker_processes 1"
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+measure() { # key url: one wrk run, appended to the key's results
+    local out
+    out="$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$2")"
+    awk '/Requests\/sec/ {print $2}' <<<"$out" >>"$WORK/$1.rps"
+    to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")" >>"$WORK/$1.p99"
+}
+
+declare -A URL=(
+    [direct]="$UPSTREAM/test/status/t-1"
+    [inspected]="http://$PROXY/test/status/t-1"
+    [fixed]="http://$PROXY/test/status/t-2"
+    [untracked]="http://$UNTRACKED_PROXY/test/status/t-1"
+    [passthrough]="http://$PROXY/static.json"
+)
+ORDER=(direct passthrough inspected fixed untracked)
+declare -A LABEL=(
+    [direct]="direct (nginx)"
+    [passthrough]="sidecar, unrouted (passthrough)"
+    [inspected]="sidecar, task_status, consistent"
+    [fixed]="sidecar, task_status, one fix"
+    [untracked]="sidecar, task_status, tracker off"
+)
+for round in $(seq 1 "$ROUNDS"); do
+    for key in "${ORDER[@]}"; do
+        measure "$key" "${URL[$key]}"
+    done
+done
+
+echo "wrk -t2 -c$CONNS -d$DURATION --latency, loopback, $(nproc) CPUs, nginx worker_processes 1, median of $ROUNDS round(s)"
 echo
-echo "| target                       | requests/s   | p99      |"
-echo "|------------------------------|--------------|----------|"
-run_wrk "direct (nginx)" "$UPSTREAM/test/status/t-1"
-run_wrk "sidecar, task_status route" "http://$PROXY/test/status/t-1"
-run_wrk "sidecar, unrouted (other)" "http://$PROXY/static.json"
+echo "| target                            | requests/s | p99 (µs) |"
+echo "|-----------------------------------|------------|----------|"
+for key in "${ORDER[@]}"; do
+    printf '| %-33s | %10s | %8s |\n' "${LABEL[$key]}" "$(median <"$WORK/$key.rps")" "$(median <"$WORK/$key.p99")"
+done
 echo
 echo "sidecar peak RSS (VmHWM): idle $IDLE_RSS, after load $(rss)"
 echo "sidecar requests counted: $(curl -fsS "http://$ADMIN/metrics" | awk '/^consistency_proxy_requests_total/ {s += $2} END {print s}')"
+echo "fixes counted: $(curl -fsS "http://$ADMIN/metrics" | awk '/^consistency_fixes_total/ {s += $2} END {print s}')"

@@ -1,5 +1,5 @@
 //! The admin port: `/healthz` (alive), `/readyz` (upstream reachable), `/metrics` (Prometheus),
-//! and `/report`, `/report.json` once a [`ReportSource`] is plugged in.
+//! and the consistency report as `/report` (text) and `/report.json`.
 //!
 //! A plain service matching the path; it lives on its own port because it must not be public.
 
@@ -12,37 +12,26 @@ use http_body_util::Full;
 use tokio::net::TcpStream;
 
 use crate::metrics::{self, Metrics};
+use crate::report::ReportBook;
 use crate::settings::Settings;
 
-/// Renders the consistency report for `/report` (text) and `/report.json`.
-pub trait ReportSource: Send + Sync + 'static {
-    fn text(&self) -> String;
-    fn json(&self) -> String;
-}
-
 /// The admin service; cheap to clone per connection.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Admin {
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
-    report: Option<Arc<dyn ReportSource>>,
+    report: Arc<ReportBook>,
 }
 
 // === impl Admin ===
 
 impl Admin {
-    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>) -> Admin {
+    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, report: Arc<ReportBook>) -> Admin {
         Admin {
             settings,
             metrics,
-            report: None,
+            report,
         }
-    }
-
-    /// Serves `/report` and `/report.json` from `report`; without one they are 404.
-    pub fn with_report(mut self, report: Arc<dyn ReportSource>) -> Admin {
-        self.report = Some(report);
-        self
     }
 
     /// Answers one admin request; only the method and path are looked at.
@@ -65,21 +54,17 @@ impl Admin {
                 );
                 response
             }
-            "/report" => match &self.report {
-                Some(report) => text(StatusCode::OK, report.text()),
-                None => text(StatusCode::NOT_FOUND, "no report in this build\n"),
-            },
-            "/report.json" => match &self.report {
-                Some(report) => {
-                    let mut response = Response::new(Full::new(Bytes::from(report.json())));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    response
-                }
-                None => text(StatusCode::NOT_FOUND, "no report in this build\n"),
-            },
+            "/report" => text(StatusCode::OK, self.report.snapshot().to_text()),
+            "/report.json" => {
+                let json = serde_json::to_vec_pretty(&self.report.snapshot())
+                    .unwrap_or_else(|_| br#"{"error": "report unavailable"}"#.to_vec());
+                let mut response = Response::new(Full::new(Bytes::from(json)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
                 "try /healthz, /readyz, /metrics, /report, /report.json\n",
@@ -102,14 +87,6 @@ impl Admin {
                 format!("not ready: upstream {authority}: {problem}\n"),
             ),
         }
-    }
-}
-
-impl std::fmt::Debug for Admin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin")
-            .field("report", &self.report.is_some())
-            .finish_non_exhaustive()
     }
 }
 

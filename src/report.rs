@@ -177,19 +177,6 @@ impl Report {
     }
 }
 
-impl crate::admin::ReportSource for ReportBook {
-    fn text(&self) -> String {
-        self.snapshot().to_text()
-    }
-
-    fn json(&self) -> String {
-        serde_json::to_string_pretty(&self.snapshot()).unwrap_or_else(|e| {
-            serde_json::json!({ "error": "report unavailable", "detail": e.to_string() })
-                .to_string()
-        })
-    }
-}
-
 /// `consistency-sidecar report`: fetches `/report` or `/report.json` from a running sidecar.
 pub fn print_remote(args: &crate::cli::ReportArgs) -> ExitCode {
     let path = if args.json { "/report.json" } else { "/report" };

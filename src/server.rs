@@ -74,7 +74,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let inspector = Arc::new(Inspector::new(&settings, metrics.clone()));
-    let admin = Admin::new(settings.clone(), metrics.clone()).with_report(inspector.book());
+    let admin = Admin::new(settings.clone(), metrics.clone(), inspector.book());
     let upkeep = tokio::spawn(upkeep(
         inspector.clone(),
         settings.config.inspect.report_interval.0,

@@ -115,8 +115,14 @@ async fn health_and_readiness() {
     let (status, _, body) = get(&sidecar.admin_url("/readyz")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with(b"ready: upstream answered"));
-    let (status, _, _) = get(&sidecar.admin_url("/report")).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = get(&sidecar.admin_url("/report")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("Total checks: 0"));
+    let (status, headers, body) = get(&sidecar.admin_url("/report.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let report: serde_json::Value = serde_json::from_slice(&body).expect("report is JSON");
+    assert_eq!(report["consistency_ratio"], 1.0);
     let (status, _, _) = get(&sidecar.admin_url("/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     sidecar.stop().await;
