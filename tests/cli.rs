@@ -1,0 +1,137 @@
+//! The command line as an operator meets it: help, check-config, exit codes, and `report`
+//! against a running sidecar.
+
+mod standin;
+
+use std::process::{Command, Output};
+
+use standin::{get, Sidecar, StandIn};
+
+fn sidecar(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "consistency-sidecar-cli-{}-{name}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let out = sidecar(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "run",
+        "check-config",
+        "inspect",
+        "report",
+        "demo",
+        "--upstream",
+        "--mode",
+        "--log-format",
+    ] {
+        assert!(help.contains(word), "--help mentions {word}:\n{help}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_defaults() {
+    let out = sidecar(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let config = consistency_sidecar::config::parse(&printed).expect("printed config parses");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(config.routes.len(), 3);
+}
+
+#[test]
+fn bad_config_is_one_line_naming_the_key_and_exit_64() {
+    let cases = [
+        (
+            "timeout",
+            "[proxy]\nconnect_timeout = \"soon\"\n",
+            "proxy.connect_timeout",
+        ),
+        (
+            "route",
+            "[[routes]]\nname = \"x\"\npath = \"no-slash\"\n",
+            "routes[0].path",
+        ),
+        (
+            "pointer",
+            "[[routes]]\nname = \"x\"\npath = \"/x\"\nrecords = \"data\"\n",
+            "routes[0].records",
+        ),
+        ("unknown", "lisen = \"127.0.0.1:1\"\n", "lisen"),
+    ];
+    for (name, text, key) in cases {
+        let path = write_config(name, text);
+        for command in ["check-config", "run"] {
+            let out = sidecar(&[command, "--config", path.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{command} {name}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+            assert!(
+                stderr.contains(key),
+                "{command} {name} names {key}: {stderr}"
+            );
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let out = sidecar(&["run", "--listen", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(64));
+    let out = sidecar(&["check-config", "--config", "/nonexistent/sidecar.toml"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn report_of_a_sidecar_that_is_not_running_fails_clearly() {
+    let port = standin::free_port();
+    let out = sidecar(&["report", "--admin", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot fetch"));
+}
+
+#[tokio::test]
+async fn report_command_reads_a_running_sidecar() {
+    let Some(standin) = StandIn::start(&[]) else {
+        return;
+    };
+    let sidecar_process = Sidecar::start(standin.port, "").await;
+    let (status, _, _) = get(sidecar_process.proxy, "/test/status/__inconsistent").await;
+    assert_eq!(status, 200);
+    let admin = format!("http://{}", sidecar_process.admin);
+    let text = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || sidecar(&["report", "--admin", &admin])
+    })
+    .await
+    .unwrap();
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Total checks: 1"), "{text}");
+    assert!(text.contains("minor_issue: 1"), "{text}");
+    assert!(text.contains("completed_stage"), "{text}");
+    let json =
+        tokio::task::spawn_blocking(move || sidecar(&["report", "--admin", &admin, "--json"]))
+            .await
+            .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("--json prints JSON");
+    assert_eq!(report["total_checks"], 1);
+    assert_eq!(report["consistency_ratio"], 0.0);
+    assert_eq!(report["recent_issues"][0]["rule"], "completed_stage");
+}
