@@ -75,13 +75,22 @@ fuzz_target!(|data: &[u8]| {
             Outcome::Skipped(reason) => {
                 assert!(out.body.as_ptr() == input.as_ptr() && out.body.len() == input.len());
                 let unparseable = *reason == SkipReason::Unparseable;
-                assert_eq!(unparseable, !serde_ok, "engine and serde_json disagree on validity");
+                assert_eq!(
+                    unparseable, !serde_ok,
+                    "engine and serde_json disagree on validity"
+                );
             }
             Outcome::Checked(_) => {
                 assert!(serde_ok, "the engine checked what serde_json rejects");
-                assert!(serde_json::from_slice::<serde_json::Value>(&out.body).is_ok(), "output parses");
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(&out.body).is_ok(),
+                    "output parses"
+                );
                 let again = inspect(&setup.rules, fix, &out.body, &mut NoMemory);
-                assert!(again.body.as_ptr() == out.body.as_ptr(), "fixing twice changes more");
+                assert!(
+                    again.body.as_ptr() == out.body.as_ptr(),
+                    "fixing twice changes more"
+                );
             }
         }
         let seen = inspect(&setup.rules, observe, &input, &mut NoMemory);
