@@ -12,6 +12,7 @@ set -euo pipefail
 DURATION="${1:-10s}"
 CONNS="${2:-32}"
 ROUNDS="${3:-1}"
+THREADS=$(( CONNS < 2 ? CONNS : 2 ))
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d /tmp/sidecar-load.XXXXXX)"
 NGINX_PID=""
@@ -131,7 +132,7 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 measure() { # key url: one wrk run, appended to the key's results
     local out
-    out="$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$2")"
+    out="$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2")"
     awk '/Requests\/sec/ {print $2}' <<<"$out" >>"$WORK/$1.rps"
     to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")" >>"$WORK/$1.p99"
 }
@@ -157,7 +158,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-echo "wrk -t2 -c$CONNS -d$DURATION --latency, loopback, $(nproc) CPUs, nginx worker_processes 1, median of $ROUNDS round(s)"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, loopback, $(nproc) CPUs, nginx worker_processes 1, median of $ROUNDS round(s)"
 echo
 echo "| target                            | requests/s | p99 (µs) |"
 echo "|-----------------------------------|------------|----------|"
