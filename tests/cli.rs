@@ -135,3 +135,78 @@ async fn report_command_reads_a_running_sidecar() {
     assert_eq!(report["consistency_ratio"], 0.0);
     assert_eq!(report["recent_issues"][0]["rule"], "completed_stage");
 }
+
+#[tokio::test]
+async fn json_logs_carry_each_fix_as_one_structured_event() {
+    use std::io::{BufRead, BufReader};
+    let Some(standin) = StandIn::start(&[]) else {
+        return;
+    };
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], standin::free_port()));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], standin::free_port()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
+        .args(["run", "--log-format", "json"])
+        .args(["--upstream", &format!("http://127.0.0.1:{}", standin.port)])
+        .args([
+            "--listen",
+            &proxy.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sidecar starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let lines = std::thread::spawn(move || {
+        // Bounded: the sidecar is killed below, which ends the stream.
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take(50)
+            .collect::<Vec<_>>()
+    });
+    let mut ready = false;
+    for _ in 0..100 {
+        if standin::try_get(admin, "/healthz").await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "sidecar came up");
+    let (status, _, _) = get(proxy, "/test/status/__inconsistent").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let events: Vec<serde_json::Value> = lines
+        .join()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["message"] == "listening"),
+        "{events:?}"
+    );
+    let fix = events
+        .iter()
+        .find(|e| e["message"] == "consistency fix applied")
+        .unwrap_or_else(|| panic!("a fix event in {events:?}"));
+    assert_eq!(fix["route"], "task_status");
+    assert_eq!(fix["rule"], "completed_stage");
+    assert_eq!(fix["after"], "\"completed\"");
+    assert!(
+        fix["task_id"].is_string() && fix["before"].is_string(),
+        "{fix}"
+    );
+    let issue = events
+        .iter()
+        .find(|e| e["message"] == "consistency issue")
+        .unwrap_or_else(|| panic!("an issue event in {events:?}"));
+    assert_eq!(issue["level"], "WARN");
+    assert_eq!(issue["severity"], "minor_issue");
+    assert_eq!(issue["rule"], "completed_stage");
+    assert_eq!(issue["detail"], "status=completed but stage=source_tracing");
+}

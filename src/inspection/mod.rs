@@ -282,7 +282,16 @@ impl Inspector {
             let task_id = record.task_id.as_deref().unwrap_or("-");
             for issue in &record.issues {
                 counters.issue(&self.metrics, &issue.rule, issue.level);
-                tracing::warn!(task_id, route, rule = %issue.rule, level = %issue.level, message = %issue.message, "consistency issue");
+                // `level` and `message` are the log record's own keys: `severity` and `detail`
+                // keep the rule's from overwriting them in JSON logs.
+                tracing::warn!(
+                    task_id,
+                    route,
+                    rule = %issue.rule,
+                    severity = %issue.level,
+                    detail = %issue.message,
+                    "consistency issue"
+                );
             }
             for fix in &record.fixes {
                 counters.fix(&self.metrics, &fix.rule);
