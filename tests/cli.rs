@@ -1,11 +1,11 @@
 //! The command line as an operator meets it: help, check-config, exit codes, and `report`
 //! against a running sidecar.
 
-mod standin;
+mod support;
 
 use std::process::{Command, Output};
 
-use standin::{get, Sidecar, StandIn};
+use support::standin::{get, Sidecar, StandIn};
 
 fn sidecar(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
@@ -99,7 +99,7 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
 
 #[test]
 fn report_of_a_sidecar_that_is_not_running_fails_clearly() {
-    let port = standin::free_port();
+    let port = support::standin::free_port();
     let out = sidecar(&["report", "--admin", &format!("http://127.0.0.1:{port}")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot fetch"));
@@ -142,8 +142,8 @@ async fn json_logs_carry_each_fix_as_one_structured_event() {
     let Some(standin) = StandIn::start(&[]) else {
         return;
     };
-    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], standin::free_port()));
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], standin::free_port()));
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], support::standin::free_port()));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], support::standin::free_port()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
         .args(["run", "--log-format", "json"])
         .args(["--upstream", &format!("http://127.0.0.1:{}", standin.port)])
@@ -168,7 +168,7 @@ async fn json_logs_carry_each_fix_as_one_structured_event() {
     });
     let mut ready = false;
     for _ in 0..100 {
-        if standin::try_get(admin, "/healthz").await.is_ok() {
+        if support::standin::try_get(admin, "/healthz").await.is_ok() {
             ready = true;
             break;
         }

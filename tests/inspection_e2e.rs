@@ -2,12 +2,12 @@
 //! stand-in of the legacy backend, over real sockets. The stand-in keeps its own ledger of the
 //! inconsistencies it injected; the sidecar's `/metrics` must agree with it exactly.
 
-mod standin;
+mod support;
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use standin::{decode, get, post, Sidecar, StandIn};
+use support::standin::{decode, get, post, Sidecar, StandIn};
 
 use consistency_sidecar::config::{Config, Mode};
 use consistency_sidecar::engine::{self, NoMemory, Outcome};
@@ -106,7 +106,8 @@ fn assert_metrics_match_ledger(metrics: &str, ledger: &Value, fixed: bool) {
     for route in ROUTES {
         let entry = &ledger["routes"][route];
         let value = |key: &str| entry[key].as_f64().unwrap();
-        let series = |name: &str, labels: &[(&str, &str)]| standin::series(metrics, name, labels);
+        let series =
+            |name: &str, labels: &[(&str, &str)]| support::standin::series(metrics, name, labels);
         assert_eq!(
             series("consistency_checks_total", &[("route", route)]),
             value("records"),
@@ -263,7 +264,7 @@ async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
                 );
             }
             let metrics = sidecar.metrics().await;
-            let skipped = standin::series(
+            let skipped = support::standin::series(
                 &metrics,
                 "consistency_skipped_total",
                 &[("route", "task_status"), ("reason", reason)],
@@ -271,14 +272,14 @@ async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
             assert!(skipped >= 1.0, "{special} counted as {reason}");
         }
         let metrics = sidecar.metrics().await;
-        let too_large = standin::series(
+        let too_large = support::standin::series(
             &metrics,
             "consistency_skipped_total",
             &[("route", "task_status"), ("reason", "too_large")],
         );
         assert_eq!(too_large, 2.0, "oversize and bomb (chunked: {chunked})");
         assert_eq!(
-            standin::series(
+            support::standin::series(
                 &metrics,
                 "consistency_checks_total",
                 &[("route", "task_status")]

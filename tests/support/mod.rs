@@ -1,6 +1,8 @@
-//! Shared helpers for the proxy tests: an in-process sidecar on port 0, an in-test hyper
-//! upstream that records what reached it, the Python stand-in upstream, and small clients.
+//! Shared helpers for the proxy and inspection tests: an in-process sidecar on port 0, an
+//! in-test hyper upstream that records what reached it, the Python upstreams, and small clients.
 #![allow(dead_code)] // each test binary uses a different subset
+
+pub mod standin;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,6 +1,5 @@
-//! Test support: the Python stand-in of the legacy backend, the sidecar binary, and a client.
-
-#![allow(dead_code)] // each test crate uses its own part of this module
+//! The Python stand-in of the legacy backend (`tests/standin/legacy_backend.py`) with its
+//! ledger, the sidecar as its real binary in front of it, and a client by socket address.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
@@ -15,22 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-
-/// True when the tool is on PATH. Missing under CI=true is a failure, elsewhere a skip.
-pub fn require_tool(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} is required by this test (CI=true)");
-        }
-        eprintln!("skipping: {tool} is not installed");
-    }
-    found
-}
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
@@ -49,7 +32,7 @@ pub struct StandIn {
 impl StandIn {
     /// Starts `tests/standin/legacy_backend.py`; `None` when python3 is missing (outside CI).
     pub fn start(args: &[&str]) -> Option<StandIn> {
-        if !require_tool("python3") {
+        if !super::have_tool("python3") {
             return None;
         }
         let script =
