@@ -924,6 +924,14 @@ impl Config {
                 ));
             }
         }
+        for kind in [TransitionKind::TerminalReopened, TransitionKind::TerminalChanged] {
+            if self.tracker.rule(kind).fix {
+                return Err(ConfigError::new(
+                    format!("tracker.rules.{}.fix", kind.as_str()),
+                    "this rule has no fix: a finished task's true state cannot be guessed",
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
