@@ -924,7 +924,10 @@ impl Config {
                 ));
             }
         }
-        for kind in [TransitionKind::TerminalReopened, TransitionKind::TerminalChanged] {
+        for kind in [
+            TransitionKind::TerminalReopened,
+            TransitionKind::TerminalChanged,
+        ] {
             if self.tracker.rule(kind).fix {
                 return Err(ConfigError::new(
                     format!("tracker.rules.{}.fix", kind.as_str()),
