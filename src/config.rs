@@ -284,6 +284,8 @@ pub struct InspectConfig {
     pub max_body_bytes: usize,
     /// A compressed body that inflates past this is skipped (decompression-bomb guard).
     pub max_decoded_bytes: usize,
+    /// All bodies held for inspection at once, together; past it responses stream through.
+    pub max_held_bytes: usize,
     /// Add `x-consistency-fixed: rule,rule` to patched responses.
     pub fixed_header: bool,
     /// Log the report this often; "0s" turns it off.
@@ -297,6 +299,7 @@ impl Default for InspectConfig {
         InspectConfig {
             max_body_bytes: 1024 * 1024,
             max_decoded_bytes: 8 * 1024 * 1024,
+            max_held_bytes: 64 * 1024 * 1024,
             fixed_header: false,
             report_interval: Duration::from_secs(3600).into(),
             recent_issues: 10,
@@ -886,6 +889,13 @@ impl Config {
         positive("inspect.max_body_bytes", self.inspect.max_body_bytes)?;
         positive("inspect.max_decoded_bytes", self.inspect.max_decoded_bytes)?;
         positive("tracker.capacity", self.tracker.capacity)?;
+        let one_compressed = self.inspect.max_body_bytes + self.inspect.max_decoded_bytes;
+        if self.inspect.max_held_bytes < one_compressed {
+            return Err(ConfigError::new(
+                "inspect.max_held_bytes",
+                format!("must hold at least one compressed body: max_body_bytes + max_decoded_bytes = {one_compressed}"),
+            ));
+        }
         if self.proxy.max_header_bytes < 8192 {
             // hyper refuses a smaller read buffer.
             return Err(ConfigError::new(

@@ -16,6 +16,7 @@ use prometheus::{
 };
 
 use crate::config::{Level, TransitionKind};
+use crate::inspection::Skip;
 use crate::routes::OTHER;
 use crate::settings::Settings;
 
@@ -29,16 +30,6 @@ pub const METHODS: [&str; 8] = [
 
 /// Values of the `code` label.
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Values of `consistency_skipped_total`'s `reason` label.
-pub const SKIP_REASONS: [&str; 6] = [
-    "too_large",
-    "not_json",
-    "unparseable",
-    "no_record",
-    "encoding",
-    "error",
-];
 
 /// Values of `consistency_tracker_evictions_total`'s `reason` label.
 pub const EVICTION_REASONS: [&str; 2] = ["capacity", "ttl"];
@@ -295,8 +286,8 @@ impl Metrics {
             for level in Level::ALL {
                 results.with_label_values(&[name, level.as_str()]);
             }
-            for reason in SKIP_REASONS {
-                skipped.with_label_values(&[name, reason]);
+            for reason in Skip::ALL {
+                skipped.with_label_values(&[name, reason.as_str()]);
             }
             for (rule, level, fixable) in rule_labels(settings, route.track) {
                 issues.with_label_values(&[name, rule, level.as_str()]);

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::budget::Reservation;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
@@ -27,6 +29,8 @@ pin_project! {
             // Whether to announce the held length as exact; false keeps a response that came
             // chunked chunked, since hyper frames an exact length with Content-Length.
             exact: bool,
+            // The share of the global budget the held frames use; given back on drop.
+            reservation: Option<Reservation>,
         },
     }
 }
@@ -49,7 +53,16 @@ impl<B> InspectBody<B> {
             rest,
             failure,
             exact: true,
+            reservation: None,
         }
+    }
+
+    /// Keeps `held`'s share of the budget until this body is done with.
+    pub fn holding(mut self, held: Reservation) -> Self {
+        if let InspectBody::Replay { reservation, .. } = &mut self {
+            *reservation = Some(held);
+        }
+        self
     }
 
     /// Does not announce an exact length, so the response keeps chunked framing.
@@ -125,6 +138,7 @@ where
                 rest,
                 failure,
                 exact,
+                ..
             } => {
                 let held_len: u64 = held
                     .iter()

@@ -15,16 +15,19 @@ pub enum Skip {
     NoRecord,
     Encoding,
     Error,
+    /// The global budget for held bodies was spent (`inspect.max_held_bytes`).
+    Overloaded,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 6] = [
+    pub const ALL: [Skip; 7] = [
         Skip::TooLarge,
         Skip::NotJson,
         Skip::Unparseable,
         Skip::NoRecord,
         Skip::Encoding,
         Skip::Error,
+        Skip::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Skip {
             Skip::NoRecord => "no_record",
             Skip::Encoding => "encoding",
             Skip::Error => "error",
+            Skip::Overloaded => "overloaded",
         }
     }
 }
@@ -50,7 +54,7 @@ pub struct RouteCounters {
     issues: Vec<(String, Level, IntCounter)>,
     fixes: Vec<(String, IntCounter)>,
     /// Indexed by `Skip as usize`.
-    pub skipped: [IntCounter; 6],
+    pub skipped: [IntCounter; 7],
     ratio: Gauge,
 }
 

@@ -6,6 +6,7 @@
 //! as it came, and is counted.
 
 mod body;
+mod budget;
 mod decode;
 mod layer;
 mod metrics;
@@ -22,6 +23,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
 pub use body::InspectBody;
+pub use budget::{Budget, Reservation};
 pub use decode::{Coding, DecodeError};
 pub use layer::{InspectLayer, InspectService};
 pub use metrics::{RouteCounters, Skip};
@@ -48,6 +50,7 @@ pub struct Inspector {
     tracker: Arc<TaskTracker>,
     metrics: Arc<Metrics>,
     book: Arc<ReportBook>,
+    budget: Budget,
     max_body_bytes: usize,
     max_decoded_bytes: usize,
     fixed_header: bool,
@@ -65,8 +68,8 @@ struct InspectedRoute {
 enum Held<B> {
     /// The whole body (and its trailers).
     Complete(Bytes, Option<HeaderMap>),
-    /// The limit was passed: what was read, and the unread rest.
-    Overflow(VecDeque<Frame<Bytes>>, B),
+    /// The limit or the global budget was passed: what was read, the unread rest, and which.
+    Overflow(VecDeque<Frame<Bytes>>, B, Skip),
     /// The upstream failed mid-body: what was read, and the failure.
     Failed(VecDeque<Frame<Bytes>>, BoxError),
 }
@@ -97,6 +100,7 @@ impl Inspector {
             tracker,
             metrics,
             book,
+            budget: Budget::new(config.inspect.max_held_bytes),
             max_body_bytes: config.inspect.max_body_bytes,
             max_decoded_bytes: config.inspect.max_decoded_bytes,
             fixed_header: config.inspect.fixed_header,
@@ -167,17 +171,24 @@ impl Inspector {
         };
 
         let (mut head, body) = response.into_parts();
-        let (raw, trailers) = match hold(body, self.max_body_bytes).await {
+        // Held bytes count against the global budget until the client has them.
+        let mut reservation = self.budget.reservation();
+        let (raw, trailers) = match hold(body, self.max_body_bytes, &mut reservation).await {
             Held::Complete(raw, trailers) => (raw, trailers),
-            Held::Overflow(held, rest) => {
-                target.counters.skip(Skip::TooLarge);
-                return Response::from_parts(head, InspectBody::replay(held, Some(rest), None));
+            Held::Overflow(held, rest, reason) => {
+                target.counters.skip(reason);
+                let body = InspectBody::replay(held, Some(rest), None).holding(reservation);
+                return Response::from_parts(head, body);
             }
             Held::Failed(held, failure) => {
-                return Response::from_parts(head, InspectBody::replay(held, None, Some(failure)));
+                let body = InspectBody::replay(held, None, Some(failure)).holding(reservation);
+                return Response::from_parts(head, body);
             }
         };
-        let replay = |head: http::response::Parts, raw: Bytes, trailers: Option<HeaderMap>| {
+        let replay = |head: http::response::Parts,
+                      raw: Bytes,
+                      trailers: Option<HeaderMap>,
+                      reservation: Reservation| {
             let mut held = VecDeque::with_capacity(2);
             if !raw.is_empty() {
                 held.push_back(Frame::data(raw));
@@ -185,7 +196,7 @@ impl Inspector {
             if let Some(trailers) = trailers {
                 held.push_back(Frame::trailers(trailers));
             }
-            let body = InspectBody::replay(held, None, None);
+            let body = InspectBody::replay(held, None, None).holding(reservation);
             let body = if head.headers.contains_key(header::CONTENT_LENGTH) {
                 body
             } else {
@@ -194,6 +205,10 @@ impl Inspector {
             Response::from_parts(head, body)
         };
 
+        if coding != Coding::Identity && !reservation.cover(raw.len() + self.max_decoded_bytes) {
+            target.counters.skip(Skip::Overloaded);
+            return replay(head, raw, trailers, reservation);
+        }
         let (decoded, coding) = match coding.decode(&raw, self.max_decoded_bytes) {
             Ok(decoded) => decoded,
             Err(err) => {
@@ -202,13 +217,13 @@ impl Inspector {
                     DecodeError::Corrupt => Skip::Encoding,
                 };
                 target.counters.skip(reason);
-                return replay(head, raw, trailers);
+                return replay(head, raw, trailers, reservation);
             }
         };
 
         let Some(inspection) = self.run_engine(route, target, &decoded) else {
             target.counters.skip(Skip::Error);
-            return replay(head, raw, trailers);
+            return replay(head, raw, trailers, reservation);
         };
         let records = match &inspection.outcome {
             Outcome::Skipped(reason) => {
@@ -217,7 +232,7 @@ impl Inspector {
                     engine::SkipReason::NoRecord => Skip::NoRecord,
                 };
                 target.counters.skip(skip);
-                return replay(head, raw, trailers);
+                return replay(head, raw, trailers, reservation);
             }
             Outcome::Checked(records) => records,
         };
@@ -226,14 +241,14 @@ impl Inspector {
         let unchanged =
             inspection.body.len() == decoded.len() && inspection.body.as_ptr() == decoded.as_ptr();
         if unchanged {
-            return replay(head, raw, trailers);
+            return replay(head, raw, trailers, reservation);
         }
         let patched = match coding.encode(&inspection.body) {
             Ok(patched) => patched,
             Err(err) => {
                 tracing::warn!(route = %target.name, error = %err, "re-encoding a patched body failed; sending the original");
                 target.counters.skip(Skip::Error);
-                return replay(head, raw, trailers);
+                return replay(head, raw, trailers, reservation);
             }
         };
         rewrite_head(
@@ -241,7 +256,7 @@ impl Inspector {
             patched.len(),
             self.fixed_header.then_some(records),
         );
-        replay(head, patched, trailers)
+        replay(head, patched, trailers, reservation)
     }
 
     /// Runs the engine; a panic inside it is caught, logged and reported as `None`.
@@ -303,8 +318,9 @@ impl Inspector {
     }
 }
 
-/// Reads the body until its end or past `limit` bytes, whichever comes first.
-async fn hold<B>(mut body: B, limit: usize) -> Held<B>
+/// Reads the body until its end, past `limit` bytes, or past what the budget can cover,
+/// whichever comes first.
+async fn hold<B>(mut body: B, limit: usize, reservation: &mut Reservation) -> Held<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -324,11 +340,18 @@ where
                     Ok(t) => trailers = Some(t),
                     Err(frame) => frames.push_back(frame),
                 }
-                if read > limit {
+                let overflow = if read > limit {
+                    Some(Skip::TooLarge)
+                } else if !reservation.cover(read) {
+                    Some(Skip::Overloaded)
+                } else {
+                    None
+                };
+                if let Some(reason) = overflow {
                     if let Some(t) = trailers.take() {
                         frames.push_back(Frame::trailers(t));
                     }
-                    return Held::Overflow(frames, body);
+                    return Held::Overflow(frames, body, reason);
                 }
             }
         }

@@ -398,3 +398,37 @@ async fn trailers_survive_inspection() {
 fn futures_stream<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {
     futures_util::stream::iter(items)
 }
+
+#[tokio::test]
+async fn a_spent_budget_streams_the_body_through_whole() {
+    let budget = Budget::new(1024);
+    let mut other_response = budget.reservation();
+    assert!(other_response.cover(1024));
+    let mut reservation = budget.reservation();
+    let chunks: Vec<Result<Frame<Bytes>, BoxError>> = STALE_STAGE
+        .as_bytes()
+        .chunks(16)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let body = StreamBody::new(futures_stream(chunks)).boxed_unsync();
+    let Held::Overflow(held, rest, reason) = hold(body, 1 << 20, &mut reservation).await else {
+        panic!("the budget is spent: the body must not be held");
+    };
+    assert_eq!(reason, Skip::Overloaded);
+    let replayed = InspectBody::replay(held, Some(rest), None).holding(reservation);
+    let bytes = replayed.collect().await.unwrap().to_bytes();
+    assert_eq!(bytes, STALE_STAGE.as_bytes());
+    drop(other_response);
+    assert!(
+        budget.reservation().cover(1024),
+        "both reservations were given back"
+    );
+}
+
+#[test]
+fn held_bytes_budget_must_fit_one_compressed_body() {
+    let mut config = Config::default();
+    config.inspect.max_held_bytes = config.inspect.max_body_bytes;
+    let err = Settings::compile(config).unwrap_err();
+    assert_eq!(err.key, "inspect.max_held_bytes");
+}
