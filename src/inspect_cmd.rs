@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 use crate::cli::{InspectArgs, EX_USAGE};
 use crate::config::{self, Level};
 use crate::engine::{self, Inspection, NoMemory, Outcome, RouteSpec, RuleSet};
+use crate::settings::Settings;
 
 const EXIT_ISSUES: u8 = 1;
 const EXIT_UNREADABLE: u8 = 2;
@@ -52,35 +54,32 @@ pub fn run(args: &InspectArgs) -> ExitCode {
     }
 }
 
-/// Loads the configuration and compiles the rules and the chosen route (first by default).
-fn compile(args: &InspectArgs) -> Result<(RuleSet, RouteSpec), String> {
-    let config = config::load(args.config.config.as_deref()).map_err(|e| e.to_string())?;
-    let rules = RuleSet::compile(&config.model, &config.rules).map_err(|e| e.to_string())?;
-    let route = match &args.route {
-        Some(name) => {
-            let Some(i) = config.routes.iter().position(|r| &r.name == name) else {
-                let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
-                return Err(format!(
-                    "unknown route {name:?} (configured: {})",
-                    known.join(", ")
-                ));
-            };
-            RouteSpec::compile_all(&config.routes, &config.fields, config.mode)
-                .map_err(|e| e.to_string())?
-                .swap_remove(i)
-        }
-        None => match RouteSpec::compile_all(&config.routes, &config.fields, config.mode)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .next()
-        {
-            Some(route) => route,
-            // No routes configured: judge the whole body.
-            None => RouteSpec::whole_body("inspect", &config.fields, config.mode)
-                .map_err(|e| e.to_string())?,
-        },
+/// Loads the configuration and picks the chosen route (the first by default).
+fn compile(args: &InspectArgs) -> Result<(Arc<RuleSet>, RouteSpec), String> {
+    let settings = config::load(args.config.config.as_deref())
+        .and_then(Settings::compile)
+        .map_err(|e| e.to_string())?;
+    let config = &settings.config;
+    let index = match &args.route {
+        Some(name) => Some(
+            config
+                .routes
+                .iter()
+                .position(|r| &r.name == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+                    format!("unknown route {name:?} (configured: {})", known.join(", "))
+                })?,
+        ),
+        None => (!config.routes.is_empty()).then_some(0),
     };
-    Ok((rules, route))
+    let route = match index {
+        Some(i) => settings.route_specs[i].clone(),
+        // No routes configured: judge the whole body.
+        None => RouteSpec::whole_body("inspect", &config.fields, config.mode)
+            .map_err(|e| e.to_string())?,
+    };
+    Ok((settings.rules.clone(), route))
 }
 
 fn read_input(args: &InspectArgs) -> Result<Bytes, String> {

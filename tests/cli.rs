@@ -210,3 +210,68 @@ async fn json_logs_carry_each_fix_as_one_structured_event() {
     assert_eq!(issue["rule"], "completed_stage");
     assert_eq!(issue["detail"], "status=completed but stage=source_tracing");
 }
+
+/// Runs `inspect` with `body` on stdin.
+fn inspect(args: &[&str], body: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
+        .arg("inspect")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(body.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("inspect finishes")
+}
+
+#[test]
+fn inspect_prints_the_verdict_and_exits_by_what_it_found() {
+    let consistent = r#"{"task_id": "a", "status": "running", "stage": "ai_fetching", "progress": 25, "is_completed": false}"#;
+    let out = inspect(&[], consistent);
+    assert_eq!(out.status.code(), Some(0));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["level"], "consistent");
+
+    let stale = r#"{"task_id": "b", "status": "completed", "stage": "ai_fetching",  "progress": 1.0e2, "is_completed": true}"#;
+    let out = inspect(&["-"], stale);
+    assert_eq!(out.status.code(), Some(1));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let record = &verdict["records"][0];
+    assert_eq!(record["level"], "minor_issue");
+    assert_eq!(record["issues"][0]["rule"], "completed_stage");
+    assert_eq!(record["issues"][0]["task_id"], "b");
+    assert_eq!(record["fixes"][0]["before"], "\"ai_fetching\"");
+    assert_eq!(record["fixes"][0]["after"], "\"completed\"");
+
+    // --fixed: only the patched body, every other byte as it came.
+    let out = inspect(&["--fixed"], stale);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        stale.replace("\"ai_fetching\"", "\"completed\"")
+    );
+
+    // Records at a pointer, chosen by route.
+    let history = format!(r#"{{"history": [{consistent}, {stale}], "total": 2}}"#);
+    let out = inspect(&["--route", "test_history"], &history);
+    assert_eq!(out.status.code(), Some(1));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["records"].as_array().unwrap().len(), 2);
+
+    for unreadable in ["{\"status\": ", "not json", "[1, 2]"] {
+        let out = inspect(&[], unreadable);
+        assert_eq!(out.status.code(), Some(2), "{unreadable}");
+    }
+    let out = inspect(&["/nonexistent/body.json"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let out = inspect(&["--route", "nope"], consistent);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown route"));
+}
