@@ -275,3 +275,36 @@ fn inspect_prints_the_verdict_and_exits_by_what_it_found() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown route"));
 }
+
+#[test]
+fn demo_tells_the_whole_story() {
+    let out = sidecar(&[
+        "demo",
+        "--duration",
+        "2s",
+        "--inject-rate",
+        "0.2",
+        "--clients",
+        "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "State consistency report",
+        "Injected vs caught:",
+        "inconsistent answers at clients   0 of",
+        "every injected inconsistency was caught and fixed before it reached a client",
+        "Where to look next:",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    let out = sidecar(&["demo", "--inject-rate", "2"]);
+    assert_eq!(out.status.code(), Some(64));
+}
