@@ -23,10 +23,12 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
 pub use body::InspectBody;
-pub use budget::{Budget, Reservation};
-pub use decode::{Coding, DecodeError};
 pub use layer::{InspectLayer, InspectService};
-pub use metrics::{RouteCounters, Skip};
+pub use metrics::Skip;
+
+use budget::{Budget, Reservation};
+use decode::{Coding, DecodeError};
+use metrics::RouteCounters;
 
 use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet};
 use crate::metrics::Metrics;
