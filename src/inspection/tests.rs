@@ -80,6 +80,26 @@ impl Harness {
         (head, bytes)
     }
 
+    /// `consistency_issues_total` of a minor rule on `task_status`.
+    fn issues(&self, rule: &str) -> f64 {
+        let labels = [
+            ("route", "task_status"),
+            ("rule", rule),
+            ("level", "minor_issue"),
+        ];
+        self.metric("consistency_issues_total", &labels)
+    }
+
+    fn fixes(&self, rule: &str) -> f64 {
+        let labels = [("route", "task_status"), ("rule", rule)];
+        self.metric("consistency_fixes_total", &labels)
+    }
+
+    fn skipped(&self, reason: &str) -> f64 {
+        let labels = [("route", "task_status"), ("reason", reason)];
+        self.metric("consistency_skipped_total", &labels)
+    }
+
     /// The value of the one series of `name` carrying all of `labels`, from the text exposition.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let mut text = Vec::new();
@@ -154,19 +174,9 @@ async fn stale_stage_is_fixed_in_flight_and_headers_follow() {
     assert_eq!(head.headers["etag"], "W/\"v1\"");
     assert!(!head.headers.contains_key("digest"));
     assert!(!head.headers.contains_key(FIXED_HEADER), "off by default");
-    let fixes = h.metric(
-        "consistency_fixes_total",
-        &[("route", "task_status"), ("rule", "completed_stage")],
-    );
+    let fixes = h.fixes("completed_stage");
     assert_eq!(fixes, 1.0);
-    let issues = h.metric(
-        "consistency_issues_total",
-        &[
-            ("route", "task_status"),
-            ("rule", "completed_stage"),
-            ("level", "minor_issue"),
-        ],
-    );
+    let issues = h.issues("completed_stage");
     assert_eq!(issues, 1.0);
     assert_eq!(
         h.metric("consistency_ratio", &[("route", "task_status")]),
@@ -186,22 +196,9 @@ async fn observe_mode_counts_but_never_touches() {
     let h = harness(|c| c.mode = config::Mode::Observe);
     let (_, body) = h.get("/test/status/t2", json_response(STALE_STAGE)).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
-    let issues = h.metric(
-        "consistency_issues_total",
-        &[
-            ("route", "task_status"),
-            ("rule", "completed_stage"),
-            ("level", "minor_issue"),
-        ],
-    );
+    let issues = h.issues("completed_stage");
     assert_eq!(issues, 1.0);
-    assert_eq!(
-        h.metric(
-            "consistency_fixes_total",
-            &[("route", "task_status"), ("rule", "completed_stage")]
-        ),
-        0.0
-    );
+    assert_eq!(h.fixes("completed_stage"), 0.0);
 }
 
 #[tokio::test]
@@ -214,13 +211,7 @@ async fn unrouted_and_non_json_responses_pass_through() {
         .insert("content-type", HeaderValue::from_static("text/html"));
     let (_, body) = h.get("/test/status/t2", html).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
-    assert_eq!(
-        h.metric(
-            "consistency_skipped_total",
-            &[("route", "task_status"), ("reason", "not_json")]
-        ),
-        1.0
-    );
+    assert_eq!(h.skipped("not_json"), 1.0);
     let mut error = json_response(STALE_STAGE);
     *error.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     let (_, body) = h.get("/test/status/t2", error).await;
@@ -269,13 +260,7 @@ async fn oversize_bodies_stream_through_whole() {
         .insert("content-type", HeaderValue::from_static("application/json"));
     let (_, body) = h.get("/test/status/t2", chunked).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
-    assert_eq!(
-        h.metric(
-            "consistency_skipped_total",
-            &[("route", "task_status"), ("reason", "too_large")]
-        ),
-        2.0
-    );
+    assert_eq!(h.skipped("too_large"), 2.0);
 }
 
 #[tokio::test]
@@ -338,14 +323,7 @@ async fn bombs_unknown_codings_and_bad_json_are_counted_and_untouched() {
             .insert("content-encoding", HeaderValue::from_static(coding));
         let (_, body) = h.get("/test/status/x", upstream).await;
         assert_eq!(body.unwrap(), raw, "{coding}");
-        assert_eq!(
-            h.metric(
-                "consistency_skipped_total",
-                &[("route", "task_status"), ("reason", reason)]
-            ),
-            1.0,
-            "{reason}"
-        );
+        assert_eq!(h.skipped(reason), 1.0, "{reason}");
     }
 }
 
