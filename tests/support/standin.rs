@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -87,8 +87,8 @@ pub struct Sidecar {
 static CONFIGS: AtomicUsize = AtomicUsize::new(0);
 
 impl Sidecar {
-    /// Starts the sidecar in front of `127.0.0.1:upstream_port` with `extra` TOML, and waits
-    /// until its admin port answers.
+    /// Starts the sidecar on port 0 in front of `127.0.0.1:upstream_port` with `extra` TOML,
+    /// and learns its addresses from the line it logs once it listens.
     pub async fn start(upstream_port: u16, extra: &str) -> Sidecar {
         let config = std::env::temp_dir().join(format!(
             "consistency-sidecar-test-{}-{}.toml",
@@ -96,49 +96,47 @@ impl Sidecar {
             CONFIGS.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&config, extra).expect("write test config");
-        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
             .arg("run")
             .arg("--config")
             .arg(&config)
             .args(["--upstream", &format!("http://127.0.0.1:{upstream_port}")])
-            .args(["--listen", &proxy.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .env("RUST_LOG", "warn")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn,consistency_sidecar::server=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("sidecar starts");
-        let mut sidecar = Sidecar {
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tell, listening) = std::sync::mpsc::channel();
+        // Drains stderr for the process's whole life, so the sidecar never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+            let mut before = Vec::new();
+            let found = lines.by_ref().find(|line| {
+                before.push(line.clone());
+                line.contains("listening")
+            });
+            let _ = tell.send(found.ok_or_else(|| before.join("\n")));
+            lines.for_each(drop);
+        });
+        let line = match listening.recv_timeout(Duration::from_secs(15)) {
+            Ok(Ok(line)) => line,
+            Ok(Err(log)) => panic!("sidecar stopped before listening:\n{log}"),
+            Err(_) => panic!("sidecar did not listen within 15s"),
+        };
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(key))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} address in {line:?}"))
+        };
+        Sidecar {
+            proxy: addr("proxy="),
+            admin: addr("admin="),
             child,
             config,
-            proxy,
-            admin,
-        };
-        sidecar.wait_ready().await;
-        sidecar
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut stderr) = self.child.stderr.take() {
-                    let _ = stderr.read_to_string(&mut err);
-                }
-                panic!("sidecar exited early ({status}): {err}");
-            }
-            if try_get(self.admin, "/healthz")
-                .await
-                .is_ok_and(|(s, _, _)| s == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("sidecar did not become healthy within 15s");
     }
 
     pub async fn metrics(&self) -> String {
