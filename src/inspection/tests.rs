@@ -46,11 +46,26 @@ fn full(body: impl Into<Bytes>) -> TestBody {
         .boxed_unsync()
 }
 
+/// An upstream answer with a JSON content type.
+fn json_upstream(body: TestBody) -> Response<TestBody> {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A body that yields `frames` one by one, as a chunked upstream would.
+fn streamed(frames: Vec<Result<Frame<Bytes>, BoxError>>) -> TestBody {
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
+/// A length-framed JSON answer, as the legacy backend sends.
 fn json_response(body: &str) -> Response<TestBody> {
-    let mut response = Response::new(full(body.to_string()));
-    let headers = response.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.insert("content-length", HeaderValue::from(body.len()));
+    let mut response = json_upstream(full(body.to_string()));
+    response
+        .headers_mut()
+        .insert("content-length", HeaderValue::from(body.len()));
     response
 }
 
@@ -254,10 +269,7 @@ async fn oversize_bodies_stream_through_whole() {
         .chunks(10)
         .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
         .collect();
-    let mut chunked = Response::new(StreamBody::new(futures_stream(chunks)).boxed_unsync());
-    chunked
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
+    let chunked = json_upstream(streamed(chunks));
     let (_, body) = h.get("/test/status/t2", chunked).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
     assert_eq!(h.skipped("too_large"), 2.0);
@@ -267,10 +279,7 @@ async fn oversize_bodies_stream_through_whole() {
 async fn gzip_is_decoded_patched_and_reencoded() {
     let h = harness(|_| {});
     let compressed = Coding::Gzip.encode(STALE_STAGE.as_bytes()).unwrap();
-    let mut upstream = Response::new(full(compressed.clone()));
-    upstream
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
+    let mut upstream = json_upstream(full(compressed.clone()));
     upstream
         .headers_mut()
         .insert("content-encoding", HeaderValue::from_static("gzip"));
@@ -289,10 +298,7 @@ async fn gzip_is_decoded_patched_and_reencoded() {
 
     // Nothing to fix: the original compressed bytes go out.
     let compressed = Coding::Gzip.encode(CONSISTENT.as_bytes()).unwrap();
-    let mut upstream = Response::new(full(compressed.clone()));
-    upstream
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
+    let mut upstream = json_upstream(full(compressed.clone()));
     upstream
         .headers_mut()
         .insert("content-encoding", HeaderValue::from_static("gzip"));
@@ -314,10 +320,7 @@ async fn bombs_unknown_codings_and_bad_json_are_counted_and_untouched() {
         ),
     ];
     for (coding, raw, reason) in cases {
-        let mut upstream = Response::new(full(raw.clone()));
-        upstream
-            .headers_mut()
-            .insert("content-type", HeaderValue::from_static("application/json"));
+        let mut upstream = json_upstream(full(raw.clone()));
         upstream
             .headers_mut()
             .insert("content-encoding", HeaderValue::from_static(coding));
@@ -334,10 +337,7 @@ async fn upstream_failure_mid_body_reaches_the_client_as_an_error() {
         Ok(Frame::data(Bytes::from_static(b"{\"status\": "))),
         Err("upstream reset".into()),
     ];
-    let mut upstream = Response::new(StreamBody::new(futures_stream(frames)).boxed_unsync());
-    upstream
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
+    let upstream = json_upstream(streamed(frames));
     let (_, body) = h.get("/test/status/t2", upstream).await;
     assert!(body.is_err(), "a broken body must not look complete");
 }
@@ -351,10 +351,7 @@ async fn trailers_survive_inspection() {
         Ok(Frame::data(Bytes::from_static(STALE_STAGE.as_bytes()))),
         Ok(Frame::trailers(trailers)),
     ];
-    let mut upstream = Response::new(StreamBody::new(futures_stream(frames)).boxed_unsync());
-    upstream
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
+    let upstream = json_upstream(streamed(frames));
     let mut request = Request::get("/test/status/t2").body(()).unwrap();
     let route = h.routes.classify(request.method(), "/test/status/t2");
     request.extensions_mut().insert(route);
@@ -373,10 +370,6 @@ async fn trailers_survive_inspection() {
     assert_eq!(collected.to_bytes(), STALE_STAGE_FIXED.as_bytes());
 }
 
-fn futures_stream<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {
-    futures_util::stream::iter(items)
-}
-
 #[tokio::test]
 async fn a_spent_budget_streams_the_body_through_whole() {
     let budget = Budget::new(1024);
@@ -388,7 +381,7 @@ async fn a_spent_budget_streams_the_body_through_whole() {
         .chunks(16)
         .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
         .collect();
-    let body = StreamBody::new(futures_stream(chunks)).boxed_unsync();
+    let body = streamed(chunks);
     let Held::Overflow(held, rest, reason) = hold(body, 1 << 20, &mut reservation).await else {
         panic!("the budget is spent: the body must not be held");
     };
