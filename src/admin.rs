@@ -11,7 +11,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::net::TcpStream;
 
-use crate::metrics::{self, Metrics};
+use prometheus::Registry;
+
+use crate::clock::LastSeen;
+use crate::metrics;
 use crate::report::ReportBook;
 use crate::settings::Settings;
 
@@ -19,17 +22,25 @@ use crate::settings::Settings;
 #[derive(Clone, Debug)]
 pub struct Admin {
     settings: Arc<Settings>,
-    metrics: Arc<Metrics>,
+    registry: Registry,
+    /// When the upstream last answered, for `/readyz`.
+    answered: Arc<LastSeen>,
     report: Arc<ReportBook>,
 }
 
 // === impl Admin ===
 
 impl Admin {
-    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, report: Arc<ReportBook>) -> Admin {
+    pub fn new(
+        settings: Arc<Settings>,
+        registry: Registry,
+        answered: Arc<LastSeen>,
+        report: Arc<ReportBook>,
+    ) -> Admin {
         Admin {
             settings,
-            metrics,
+            registry,
+            answered,
             report,
         }
     }
@@ -47,7 +58,8 @@ impl Admin {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.ready().await,
             "/metrics" => {
-                let mut response = Response::new(Full::new(Bytes::from(self.metrics.encode())));
+                let mut response =
+                    Response::new(Full::new(Bytes::from(metrics::encode(&self.registry))));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(metrics::CONTENT_TYPE),
@@ -75,7 +87,7 @@ impl Admin {
     /// Ready when the upstream answered within `proxy.ready_window`, or accepts a TCP connection now.
     async fn ready(&self) -> Response<Full<Bytes>> {
         let proxy = &self.settings.config.proxy;
-        if self.metrics.upstream_seen.within(proxy.ready_window.0) {
+        if self.answered.within(proxy.ready_window.0) {
             return text(StatusCode::OK, "ready: upstream answered recently\n");
         }
         let authority = self.settings.config.upstream.authority();

@@ -248,6 +248,10 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: HumanDuration,
     /// Idle pooled upstream connections kept at most.
     pub upstream_max_idle: usize,
+    /// Upstream connections open at most, busy or idle; never more than the client connections.
+    pub upstream_max_connections: usize,
+    /// Worker threads serving connections; 0: one per available core.
+    pub workers: usize,
     /// Concurrent upstream requests; past this, requests get 503 at once (load shedding).
     pub max_concurrent_requests: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may still run.
@@ -268,7 +272,9 @@ impl Default for ProxyConfig {
             max_headers: 100,
             // gunicorn's default keep-alive is 2 s; stay below it so we never reuse a closing socket.
             upstream_idle_timeout: Duration::from_secs(1).into(),
-            upstream_max_idle: 64,
+            upstream_max_idle: 1024,
+            upstream_max_connections: 1024,
+            workers: 0,
             max_concurrent_requests: 1024,
             shutdown_grace: Duration::from_secs(30).into(),
             ready_window: Duration::from_secs(10).into(),
@@ -292,6 +298,10 @@ pub struct InspectConfig {
     pub report_interval: HumanDuration,
     /// How many recent issues the report keeps.
     pub recent_issues: usize,
+    /// Per route and rule, issues are logged in full only for the first `log_burst` in each
+    /// window of this length; the rest are summarised once per window.
+    pub log_window: HumanDuration,
+    pub log_burst: u32,
 }
 
 impl Default for InspectConfig {
@@ -303,6 +313,8 @@ impl Default for InspectConfig {
             fixed_header: false,
             report_interval: Duration::from_secs(3600).into(),
             recent_issues: 10,
+            log_window: Duration::from_secs(10).into(),
+            log_burst: 1,
         }
     }
 }
@@ -886,6 +898,10 @@ impl Config {
             "proxy.max_concurrent_requests",
             self.proxy.max_concurrent_requests,
         )?;
+        positive(
+            "proxy.upstream_max_connections",
+            self.proxy.upstream_max_connections,
+        )?;
         positive("inspect.max_body_bytes", self.inspect.max_body_bytes)?;
         positive("inspect.max_decoded_bytes", self.inspect.max_decoded_bytes)?;
         positive("tracker.capacity", self.tracker.capacity)?;
@@ -915,6 +931,7 @@ impl Config {
             ),
             ("proxy.client_idle_timeout", self.proxy.client_idle_timeout),
             ("tracker.ttl", self.tracker.ttl),
+            ("inspect.log_window", self.inspect.log_window),
         ] {
             if d.0.is_zero() {
                 return Err(ConfigError::new(key, "must be greater than 0s"));

@@ -10,10 +10,14 @@
 //! - `inspect_cmd`: the `inspect` subcommand over the engine.
 //! - `tracker`: task memory across polls, judging each response against what was last sent for the task.
 //! - `routes`: matches method + path patterns to configured route names (`other` otherwise).
-//! - `metrics`: every metric family, registered into one registry, label sets resolved at start.
-//! - `proxy`: the forwarding path: request metrics, load shedding, header rewriting, upstream client, upgrades.
+//! - `metrics`: the registry each layer registers its own families into, build info, encoding.
+//! - `proxy`: the forwarding path: route classification, request metrics, load shedding, header
+//!   rewriting, the upstream connection pool, upgrades.
+//! - `stack`: the tower stack (`app`) and the state every worker shares.
+//! - `runtime`: worker threads, each with a single-threaded runtime.
+//! - `clock`: a lock-free "last seen" instant.
 //! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`.
-//! - `server`: the proxy and admin listeners, the tower stack, graceful shutdown.
+//! - `server`: the proxy and admin listeners, connections, signals, upkeep, graceful shutdown.
 //! - `report`: the consistency report (seed layout), text and JSON.
 //! - `admin_client`: a small HTTP GET for the `report` command.
 //! - `demo`: the self-contained demo.
@@ -22,6 +26,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod engine;
@@ -32,6 +37,8 @@ pub mod metrics;
 pub mod proxy;
 pub mod report;
 pub mod routes;
+pub mod runtime;
 pub mod server;
 pub mod settings;
+pub mod stack;
 pub mod tracker;

@@ -6,8 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use consistency_sidecar::config::Config;
-use consistency_sidecar::inspection::Inspector;
-use consistency_sidecar::metrics::Metrics;
+
 use consistency_sidecar::settings::Settings;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -136,9 +135,8 @@ async fn the_stack_answers_without_a_client_socket() {
         ..Config::default()
     };
     let settings = Arc::new(Settings::compile(config).expect("settings"));
-    let metrics = Arc::new(Metrics::new(&settings));
-    let inspector = Arc::new(Inspector::new(&settings, metrics.clone()));
-    let app = consistency_sidecar::server::app(settings, metrics.clone(), inspector);
+    let sidecar = consistency_sidecar::stack::Sidecar::new(settings).expect("metrics register");
+    let app = sidecar.app();
 
     let response = app
         .clone()
@@ -172,7 +170,8 @@ async fn the_stack_answers_without_a_client_socket() {
         .to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(json["error"], "upstream_unreachable");
-    let text = String::from_utf8(metrics.encode()).expect("utf-8");
+    let text =
+        String::from_utf8(consistency_sidecar::metrics::encode(&sidecar.registry)).expect("utf-8");
     assert_eq!(
         sample(
             &text,

@@ -18,7 +18,7 @@ mod verdict;
 
 pub use inspect::{inspect, FIX_NOT_CONVERGING};
 pub use route::RouteSpec;
-pub use rules::RuleSet;
+pub use rules::{RuleLabel, RuleSet};
 pub use verdict::{
     Field, Fix, Inspection, Issue, Level, NoMemory, Outcome, RecordState, RecordVerdict,
     SkipReason, TransitionFinding, TransitionJudge,

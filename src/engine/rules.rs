@@ -16,6 +16,14 @@ pub struct RuleSet {
     stages: Vec<Box<str>>,
 }
 
+/// What metrics need to know of a rule to create its series up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleLabel<'a> {
+    pub name: &'a str,
+    pub level: Level,
+    pub fixes: bool,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Rule {
     pub name: Arc<str>,
@@ -77,6 +85,15 @@ impl RuleSet {
     /// Names of the enabled rules, in config order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| &*r.name)
+    }
+
+    /// The enabled rules as metric labels: name, level, and whether the rule fixes.
+    pub fn labels(&self) -> impl Iterator<Item = RuleLabel<'_>> {
+        self.rules.iter().map(|r| RuleLabel {
+            name: &r.name,
+            level: r.level,
+            fixes: !r.fix.is_empty(),
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -1,10 +1,16 @@
-//! Per-route handles on the consistency metric families, resolved once at start.
+//! The consistency metric families, registered beside the per-route handles inspection uses, so
+//! the hot path never looks a label up.
 
-use prometheus::{Gauge, IntCounter};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
+};
 
-use crate::config::Level;
-use crate::metrics::{rule_labels, Metrics};
-use crate::settings::Settings;
+use crate::engine::{Level, RuleLabel};
+
+/// Inspection takes microseconds; the default buckets start at 5 ms and would see nothing.
+const INSPECT_BUCKETS: [f64; 11] = [
+    5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
+];
 
 /// Why a response on an inspected route was not checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +24,42 @@ pub enum Skip {
     /// The global budget for held bodies was spent (`inspect.max_held_bytes`).
     Overloaded,
 }
+
+/// Handles for every inspected route, and the inspection time histogram.
+#[derive(Debug)]
+pub struct InspectionMetrics {
+    /// `consistency_inspect_duration_seconds`.
+    pub duration: Histogram,
+    /// In route order.
+    routes: Vec<RouteCounters>,
+}
+
+/// What a route is, for its metrics: its name, and the rules that may fire on it.
+#[derive(Debug, Clone)]
+pub struct RouteLabels<'a> {
+    pub name: &'a str,
+    pub rules: Vec<RuleLabel<'a>>,
+}
+
+/// Handles for one route.
+#[derive(Debug)]
+pub struct RouteCounters {
+    pub checks: IntCounter,
+    /// Indexed by `Level as usize`.
+    pub results: [IntCounter; Level::ALL.len()],
+    /// (rule, level) → counter, for every rule at its configured level.
+    issues: Vec<(Box<str>, Level, IntCounter)>,
+    fixes: Vec<(Box<str>, IntCounter)>,
+    /// Indexed by `Skip as usize`.
+    skipped: [IntCounter; Skip::ALL.len()],
+    ratio: Gauge,
+    /// For a combination not known at start (none today), so it still gets its series.
+    route: Box<str>,
+    issue_family: IntCounterVec,
+    fix_family: IntCounterVec,
+}
+
+// === impl Skip ===
 
 impl Skip {
     pub const ALL: [Skip; 7] = [
@@ -43,75 +85,134 @@ impl Skip {
     }
 }
 
-/// Handles for one route, so the hot path does no label lookups for configured rules.
-#[derive(Debug, Clone)]
-pub struct RouteCounters {
-    route: String,
-    pub checks: IntCounter,
-    /// Indexed by `Level as usize`.
-    pub results: [IntCounter; 4],
-    /// (rule, level) → counter, for every enabled rule at its configured level.
-    issues: Vec<(String, Level, IntCounter)>,
-    fixes: Vec<(String, IntCounter)>,
-    /// Indexed by `Skip as usize`.
-    pub skipped: [IntCounter; 7],
-    ratio: Gauge,
+// === impl InspectionMetrics ===
+
+impl InspectionMetrics {
+    /// Registers the families, with every route × level, reason and rule at 0 from the start.
+    pub fn register(
+        registry: &Registry,
+        routes: &[RouteLabels<'_>],
+    ) -> prometheus::Result<InspectionMetrics> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
+        };
+        let checks = counter(
+            "consistency_checks_total",
+            "Task records checked.",
+            &["route"],
+        )?;
+        let results = counter(
+            "consistency_results_total",
+            "Checked records by their worst level.",
+            &["route", "level"],
+        )?;
+        let issues = counter(
+            "consistency_issues_total",
+            "Rule violations found, by rule.",
+            &["route", "rule", "level"],
+        )?;
+        let fixes = counter(
+            "consistency_fixes_total",
+            "Values fixed in flight, by rule.",
+            &["route", "rule"],
+        )?;
+        let skipped = counter(
+            "consistency_skipped_total",
+            "Responses on inspected routes passed through unchecked, by reason.",
+            &["route", "reason"],
+        )?;
+        let ratio = GaugeVec::new(
+            Opts::new(
+                "consistency_ratio",
+                "Consistent records divided by checked records since start (1 with none).",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(ratio.clone()))?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "consistency_inspect_duration_seconds",
+                "Time spent inspecting one response body.",
+            )
+            .buckets(INSPECT_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+
+        let routes = routes
+            .iter()
+            .map(|route| {
+                let name = route.name;
+                let ratio = ratio.with_label_values(&[name]);
+                ratio.set(1.0);
+                RouteCounters {
+                    checks: checks.with_label_values(&[name]),
+                    results: Level::ALL.map(|l| results.with_label_values(&[name, l.as_str()])),
+                    issues: route
+                        .rules
+                        .iter()
+                        .map(|rule| {
+                            let counter =
+                                issues.with_label_values(&[name, rule.name, rule.level.as_str()]);
+                            (rule.name.into(), rule.level, counter)
+                        })
+                        .collect(),
+                    fixes: route
+                        .rules
+                        .iter()
+                        .filter(|rule| rule.fixes)
+                        .map(|rule| {
+                            (
+                                rule.name.into(),
+                                fixes.with_label_values(&[name, rule.name]),
+                            )
+                        })
+                        .collect(),
+                    skipped: Skip::ALL.map(|s| skipped.with_label_values(&[name, s.as_str()])),
+                    ratio,
+                    route: name.into(),
+                    issue_family: issues.clone(),
+                    fix_family: fixes.clone(),
+                }
+            })
+            .collect();
+        Ok(InspectionMetrics { duration, routes })
+    }
+
+    pub fn route(&self, index: usize) -> Option<&RouteCounters> {
+        self.routes.get(index)
+    }
 }
 
 // === impl RouteCounters ===
 
 impl RouteCounters {
-    pub fn resolve(metrics: &Metrics, settings: &Settings, index: usize) -> RouteCounters {
-        let config = &settings.config.routes[index];
-        let route = config.name.as_str();
-        let mut issues = Vec::new();
-        let mut fixes = Vec::new();
-        for (rule, level, fixable) in rule_labels(settings, config.track) {
-            let counter = metrics
-                .issues
-                .with_label_values(&[route, rule, level.as_str()]);
-            issues.push((rule.to_string(), level, counter));
-            if fixable {
-                fixes.push((
-                    rule.to_string(),
-                    metrics.fixes.with_label_values(&[route, rule]),
-                ));
-            }
-        }
-        RouteCounters {
-            route: route.to_string(),
-            checks: metrics.checks.with_label_values(&[route]),
-            results: Level::ALL.map(|l| metrics.results.with_label_values(&[route, l.as_str()])),
-            issues,
-            fixes,
-            skipped: Skip::ALL.map(|s| metrics.skipped.with_label_values(&[route, s.as_str()])),
-            ratio: metrics.ratio.with_label_values(&[route]),
-        }
-    }
-
     pub fn skip(&self, reason: Skip) {
         self.skipped[reason as usize].inc();
     }
 
-    /// Counts an issue; a combination not known at start (none today) still gets its series.
-    pub fn issue(&self, metrics: &Metrics, rule: &str, level: Level) {
+    pub fn issue(&self, rule: &str, level: Level) {
         match self
             .issues
             .iter()
-            .find(|(r, l, _)| r == rule && *l == level)
+            .find(|(r, l, _)| **r == *rule && *l == level)
         {
             Some((_, _, counter)) => counter.inc(),
-            None => metrics
-                .issues
+            None => self
+                .issue_family
                 .with_label_values(&[&self.route, rule, level.as_str()])
                 .inc(),
         }
     }
 
-    pub fn fix(&self, metrics: &Metrics, rule: &str) {
-        match self.fixes.iter().find(|(r, _)| r == rule) {
+    pub fn fix(&self, rule: &str) {
+        match self.fixes.iter().find(|(r, _)| **r == *rule) {
             Some((_, counter)) => counter.inc(),
-            None => metrics.fixes.with_label_values(&[&self.route, rule]).inc(),
+            None => self
+                .fix_family
+                .with_label_values(&[&self.route, rule])
+                .inc(),
         }
     }
 

@@ -1,31 +1,35 @@
-//! The body type every layer of the stack speaks, and a wrapper that holds a guard until the
+//! The request body type of the stack, and a response body wrapper that holds a guard until the
 //! body ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
+use pin_project_lite::pin_project;
 
 /// The error at the tower boundary.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Request and response bodies inside the stack: streamed, never collected by the proxy.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Request bodies inside the stack: streamed, never collected by the proxy. Boxed once, so
+/// in-test requests and hyper's `Incoming` take the same path.
+pub type ProxyBody = UnsyncBoxBody<bytes::Bytes, BoxError>;
 
-/// A body that keeps `guard` alive until its last frame (or an error) is read, or until it is
-/// dropped unfinished: the moment a streamed response's outcome is known.
-#[derive(Debug)]
-pub struct Guarded<G> {
-    body: ProxyBody,
-    guard: Option<G>,
+pin_project! {
+    /// A body that keeps `guard` alive until its last frame (or an error) is read, or until it
+    /// is dropped unfinished: the moment a streamed response's outcome is known.
+    #[derive(Debug)]
+    pub struct Guarded<B, G> {
+        #[pin]
+        body: B,
+        guard: Option<G>,
+    }
 }
 
 // === impl Guarded ===
 
-impl<G> Guarded<G> {
-    pub fn new(body: ProxyBody, guard: G) -> Guarded<G> {
+impl<B, G> Guarded<B, G> {
+    pub fn new(body: B, guard: G) -> Guarded<B, G> {
         Guarded {
             body,
             guard: Some(guard),
@@ -33,20 +37,24 @@ impl<G> Guarded<G> {
     }
 }
 
-impl<G: Unpin> Body for Guarded<G> {
-    type Data = Bytes;
+impl<B, G> Body for Guarded<B, G>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
     type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.guard = None;
+            *this.guard = None;
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

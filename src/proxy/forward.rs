@@ -1,80 +1,100 @@
 //! The innermost service: rewrites the request for the upstream (hop-by-hop headers out,
 //! `X-Forwarded-*` and `Via` in, target pinned to the configured upstream), sends it through the
-//! pooled client, and rewrites the response on its way back. Bodies stream through untouched.
+//! upstream service it is given, and rewrites the response on its way back. Bodies stream
+//! through untouched.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE, VIA};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::upgrade::OnUpgrade;
+use pin_project_lite::pin_project;
+use prometheus::IntCounter;
 use tower::Service;
 
 use super::body::{BoxError, ProxyBody};
+use super::error::{error_response, UpstreamError, UpstreamErrorReason};
+use super::headers;
+use super::metrics::ProxyMetrics;
 use super::upgrade;
-use super::upstream::{error_response, UpstreamBody, UpstreamClient, UpstreamFailure};
-use crate::metrics::{Metrics, UpstreamErrorReason};
-use crate::settings::Settings;
+use crate::clock::LastSeen;
 
 /// The client's address, put into request extensions by the server for `X-Forwarded-For`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The upstream's body as it streams, or a response the proxy made itself.
+pub type ForwardBody<B> = Either<UpstreamBody<B>, Full<Bytes>>;
+
 /// Sends every request to the configured upstream, whatever its `Host` or target says.
 #[derive(Debug, Clone)]
-pub struct Forward {
-    client: UpstreamClient,
-    target: Arc<Target>,
-    metrics: Arc<Metrics>,
+pub struct Forward<U> {
+    upstream: U,
+    authority: Arc<Authority>,
+    metrics: ProxyMetrics,
+    /// When the upstream last answered; `/readyz` reads it.
+    answered: Arc<LastSeen>,
     head_timeout: Duration,
 }
 
-/// Where requests go: the upstream's scheme and authority, fixed at start.
-#[derive(Debug)]
-struct Target {
-    scheme: Scheme,
-    authority: Authority,
+pin_project! {
+    /// The upstream's response body, counting a failure mid-stream as `reason="body"`.
+    ///
+    /// The error itself travels on to hyper, which then aborts the client connection: the
+    /// client sees a broken response (reset, or a chunked stream without its last chunk), never
+    /// a shorter body that looks complete.
+    #[derive(Debug)]
+    pub struct UpstreamBody<B> {
+        #[pin]
+        inner: B,
+        body_errors: IntCounter,
+    }
 }
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. Headers named in
-/// `Connection` are removed as well.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    TE,
-    TRANSFER_ENCODING,
-    UPGRADE,
-];
 
 // === impl Forward ===
 
-impl Forward {
-    pub fn new(client: UpstreamClient, settings: &Settings, metrics: Arc<Metrics>) -> Forward {
-        let upstream = &settings.config.upstream;
+impl<U> Forward<U> {
+    /// `authority` is the upstream's `host:port`, the `Host` of requests that carry none.
+    pub fn new(
+        upstream: U,
+        authority: Authority,
+        head_timeout: Duration,
+        metrics: ProxyMetrics,
+        answered: Arc<LastSeen>,
+    ) -> Forward<U> {
         Forward {
-            client,
-            target: Arc::new(Target {
-                scheme: upstream.uri.scheme().cloned().unwrap_or(Scheme::HTTP),
-                authority: upstream.authority().clone(),
-            }),
+            upstream,
+            authority: Arc::new(authority),
             metrics,
-            head_timeout: settings.config.proxy.response_header_timeout.0,
+            answered,
+            head_timeout,
         }
     }
+}
 
-    async fn forward(self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
+impl<U, B> Service<Request<ProxyBody>> for Forward<U>
+where
+    U: Service<Request<ProxyBody>, Response = Response<B>, Error = UpstreamError>,
+{
+    type Response = Response<ForwardBody<B>>;
+    type Error = Infallible;
+    type Future = ForwardFuture<U::Future>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
         if req.method() == Method::CONNECT {
             // A tunnel to anywhere would make us an open proxy.
             let mut response = error_response(
@@ -86,211 +106,219 @@ impl Forward {
                 http::header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
             );
-            return response;
+            return ForwardFuture::answered(response);
         }
         let upgrade = match req.version() {
-            Version::HTTP_10 | Version::HTTP_11 => upgrade::requested_protocol(req.headers()),
+            Version::HTTP_10 | Version::HTTP_11 => headers::requested_upgrade(req.headers()),
             _ => None,
         };
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let client_addr = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
 
         let (mut parts, body) = req.into_parts();
-        let Some(uri) = self.target.uri_for(&parts.uri) else {
-            return error_response(
+        let Some(path) = origin_form(&parts.uri) else {
+            return ForwardFuture::answered(error_response(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "the request target has no path to forward",
-            );
+            ));
         };
-        rewrite_request(
+        headers::rewrite_request(
             &mut parts.headers,
             parts.version,
             client_addr,
             parts.uri.authority(),
             upgrade,
         );
-        parts.uri = uri;
+        if !parts.headers.contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, body);
+        let sent = self.upstream.call(Request::from_parts(parts, body));
+        ForwardFuture::Waiting {
+            sent: tokio::time::timeout(self.head_timeout, sent),
+            client_upgrade,
+            forward: Some(Returning {
+                authority: self.authority.clone(),
+                metrics: self.metrics.clone(),
+                answered: self.answered.clone(),
+                head_timeout: self.head_timeout,
+            }),
+        }
+    }
+}
 
-        let sent = tokio::time::timeout(self.head_timeout, self.client.request(request)).await;
-        let mut response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => return self.failed(UpstreamFailure::Request(err)),
-            Err(_) => return self.failed(UpstreamFailure::HeadTimeout(self.head_timeout)),
-        };
-        self.metrics.upstream_seen.mark();
+pin_project! {
+    /// Either a response the proxy made at once, or the upstream's on its way.
+    #[project = ForwardFutureProj]
+    pub enum ForwardFuture<F> {
+        Answered { response: Option<Response<Full<Bytes>>> },
+        Waiting {
+            #[pin]
+            sent: tokio::time::Timeout<F>,
+            client_upgrade: Option<OnUpgrade>,
+            forward: Option<Returning>,
+        },
+    }
+}
 
+/// What the way back needs: the response rewritten for the client, failures answered.
+#[derive(Debug)]
+pub struct Returning {
+    authority: Arc<Authority>,
+    metrics: ProxyMetrics,
+    answered: Arc<LastSeen>,
+    head_timeout: Duration,
+}
+
+// === impl ForwardFuture ===
+
+impl<F> ForwardFuture<F> {
+    fn answered(response: Response<Full<Bytes>>) -> ForwardFuture<F> {
+        ForwardFuture::Answered {
+            response: Some(response),
+        }
+    }
+}
+
+impl<F, B> Future for ForwardFuture<F>
+where
+    F: Future<Output = Result<Response<B>, UpstreamError>>,
+{
+    type Output = Result<Response<ForwardBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ForwardFutureProj::Answered { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ForwardFuture polled after completion")
+                .map(Either::Right))),
+            ForwardFutureProj::Waiting {
+                sent,
+                client_upgrade,
+                forward,
+            } => {
+                let sent = ready!(sent.poll(cx));
+                let forward = forward
+                    .take()
+                    .expect("ForwardFuture polled after completion");
+                Poll::Ready(Ok(match sent {
+                    Ok(Ok(response)) => forward.relay(response, client_upgrade.take()),
+                    Ok(Err(err)) => forward.failed(err),
+                    Err(_) => forward.failed(UpstreamError::HeadTimeout(forward.head_timeout)),
+                }))
+            }
+        }
+    }
+}
+
+// === impl Returning ===
+
+impl Returning {
+    fn relay<B>(
+        &self,
+        mut response: Response<B>,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Response<ForwardBody<B>> {
+        self.answered.mark();
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             let Some(client_upgrade) = client_upgrade else {
-                self.metrics.upstream_error(UpstreamErrorReason::Protocol);
+                self.metrics
+                    .upstream_error(UpstreamErrorReason::Protocol)
+                    .inc();
                 return error_response(
                     StatusCode::BAD_GATEWAY,
                     "upstream_protocol_error",
                     "upstream switched protocols without being asked",
-                );
+                )
+                .map(Either::Right);
             };
             upgrade::spawn_tunnel(client_upgrade, hyper::upgrade::on(&mut response));
         }
         let (mut parts, body) = response.into_parts();
-        rewrite_response(&mut parts.headers, parts.version, switching);
-        let body = UpstreamBody::new(body, self.metrics.clone()).boxed_unsync();
-        Response::from_parts(parts, body)
-    }
-
-    fn failed(&self, failure: UpstreamFailure) -> Response<ProxyBody> {
-        failure.into_response(&self.metrics, self.target.authority.as_str())
-    }
-}
-
-impl Service<Request<ProxyBody>> for Forward {
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
-    }
-}
-
-// === impl Target ===
-
-impl Target {
-    /// The upstream URI for a request: our scheme and authority, the request's path and query
-    /// byte for byte. `None` for targets with no path (`OPTIONS *`, authority-form).
-    fn uri_for(&self, original: &Uri) -> Option<Uri> {
-        let path = match original.path_and_query() {
-            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
-            Some(_) => return None,
-            None => PathAndQuery::from_static("/"),
+        headers::rewrite_response(&mut parts.headers, parts.version, switching);
+        let body = UpstreamBody {
+            inner: body,
+            body_errors: self
+                .metrics
+                .upstream_error(UpstreamErrorReason::Body)
+                .clone(),
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
-            .ok()
+        Response::from_parts(parts, Either::Left(body))
+    }
+
+    fn failed<B>(&self, failure: UpstreamError) -> Response<ForwardBody<B>> {
+        self.metrics.upstream_error(failure.reason()).inc();
+        failure
+            .into_response(self.authority.as_str())
+            .map(Either::Right)
     }
 }
 
-/// Prepares client request headers for the upstream.
-///
-/// `authority` is the target's authority when the client sent one (absolute-form, or HTTP/2's
-/// `:authority`); it then becomes `Host`, as RFC 9112 §3.2.2 requires. It never changes where
-/// the request goes.
-pub(crate) fn rewrite_request(
-    headers: &mut HeaderMap,
-    version: Version,
-    client: Option<IpAddr>,
-    authority: Option<&Authority>,
-    upgrade: Option<HeaderValue>,
-) {
-    let wants_trailers = headers
-        .get_all(TE)
-        .iter()
-        .flat_map(tokens)
-        .any(|t| t.eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(headers);
-    if wants_trailers {
-        // Without it an upstream may drop trailers; we pass them through.
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+/// The request's path and query byte for byte, for the upstream's request line. `None` for
+/// targets with no path (`OPTIONS *`, authority-form).
+fn origin_form(original: &Uri) -> Option<PathAndQuery> {
+    match original.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Some(pq.clone()),
+        Some(_) => None,
+        None => Some(PathAndQuery::from_static("/")),
     }
-    if let Some(protocol) = upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, protocol);
-    }
-    if let Some(authority) = authority {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            headers.insert(HOST, host);
+}
+
+// === impl UpstreamBody ===
+
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Err(err))) => {
+                let err = err.into();
+                this.body_errors.inc();
+                tracing::warn!(error = %err, "upstream response body failed mid-stream");
+                Poll::Ready(Some(Err(err)))
+            }
+            other => other.map(|frame| frame.map(|result| result.map_err(Into::into))),
         }
     }
-    if let Some(ip) = client {
-        append_forwarded_for(headers, ip.to_canonical());
-    }
-    // Whoever is in front of us (a TLS terminator, a load balancer) knows the original scheme
-    // and host better than we do, so an existing value is kept.
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(X_FORWARDED_HOST) {
-        if let Some(host) = headers.get(HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-    }
-    headers.append(VIA, via(version));
-}
 
-/// Prepares upstream response headers for the client. A `101` keeps its `Upgrade`.
-pub(crate) fn rewrite_response(headers: &mut HeaderMap, version: Version, switching: bool) {
-    let upgrade = if switching {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
-    strip_hop_by_hop(headers);
-    if switching {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(protocol) = upgrade {
-            headers.insert(UPGRADE, protocol);
-        }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
-    headers.append(VIA, via(version));
-}
 
-/// Removes the hop-by-hop headers and every header the `Connection` header names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(tokens)
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-}
-
-/// Folds every `X-Forwarded-For` line into one and appends the client.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let mut value = Vec::with_capacity(64);
-    for line in headers.get_all(X_FORWARDED_FOR) {
-        value.extend_from_slice(line.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(ip.to_string().as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-}
-
-fn via(version: Version) -> HeaderValue {
-    HeaderValue::from_static(match version {
-        Version::HTTP_09 => "0.9 consistency-sidecar",
-        Version::HTTP_10 => "1.0 consistency-sidecar",
-        Version::HTTP_2 => "2 consistency-sidecar",
-        Version::HTTP_3 => "3 consistency-sidecar",
-        _ => "1.1 consistency-sidecar",
-    })
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    //! Unit tests for the upstream request target.
+
+    use super::*;
+
+    #[test]
+    fn target_keeps_path_and_query_bytes() {
+        let uri: Uri = "http://evil.example/a%2Fb/%7E?x=%20&y"
+            .parse()
+            .expect("uri");
+        assert_eq!(
+            origin_form(&uri).expect("path").as_str(),
+            "/a%2Fb/%7E?x=%20&y"
+        );
+        assert_eq!(origin_form(&"*".parse().expect("asterisk")), None);
+    }
+}

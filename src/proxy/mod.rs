@@ -1,18 +1,26 @@
-//! The transparent forwarding path: request metrics and route classification, load shedding,
-//! header rewriting, the pooled upstream client, and the upgrade tunnel.
+//! The transparent forwarding path: route classification, request metrics, load shedding,
+//! header rewriting, the upstream connection pool, and the upgrade tunnel.
 //!
-//! Requests flow one way: [`RequestMetricsLayer`] → [`ShedLayer`] → (inspection) → [`Forward`].
-//! Every layer takes and returns [`ProxyBody`] so layers can be inserted between them.
+//! Requests flow one way: [`ClassifyLayer`] → [`RequestMetricsLayer`] → [`ShedLayer`] →
+//! (inspection) → [`Forward`] → [`UpstreamPool`]. Each layer is generic over the response body
+//! and wraps it once, so nothing on the way out is boxed.
 
 mod body;
+mod classify;
+mod error;
 mod forward;
+mod headers;
+mod metrics;
+mod pool;
 mod request_metrics;
 mod shed;
 mod upgrade;
-mod upstream;
 
 pub use body::{BoxError, Guarded, ProxyBody};
-pub use forward::{ClientAddr, Forward};
+pub use classify::{Classify, ClassifyLayer};
+pub use error::{error_response, UpstreamError, UpstreamErrorReason};
+pub use forward::{ClientAddr, Forward, ForwardBody, UpstreamBody};
+pub use metrics::{code_index, method_index, ProxyMetrics, CODE_CLASSES, METHODS};
+pub use pool::{ClientConnection, PoolConfig, PooledBody, UpstreamPool};
 pub use request_metrics::{RequestMetrics, RequestMetricsLayer};
-pub use shed::{Shed, ShedLayer};
-pub use upstream::{error_response, upstream_client, UpstreamClient};
+pub use shed::{Shed, ShedBody, ShedLayer};

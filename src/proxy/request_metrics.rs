@@ -1,36 +1,31 @@
-//! The outermost layer: classifies the request's route once (into its extensions, for every
-//! layer below), and counts requests, durations and requests in flight.
+//! Counts requests, their durations and the requests in flight, by the route the classifier
+//! put into the request's extensions.
 //!
 //! It only records: the inner future passes straight through, and the end of the response is
 //! observed in the body, cancellation included.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::body::{BoxError, Guarded, ProxyBody};
-use crate::metrics::{method_index, Metrics};
+use super::body::Guarded;
+use super::metrics::{method_index, ProxyMetrics};
 use crate::routes::MatchedRoute;
-use crate::settings::Settings;
 
 #[derive(Debug, Clone)]
 pub struct RequestMetricsLayer {
-    settings: Arc<Settings>,
-    metrics: Arc<Metrics>,
+    metrics: ProxyMetrics,
 }
 
 #[derive(Debug, Clone)]
 pub struct RequestMetrics<S> {
     inner: S,
-    settings: Arc<Settings>,
-    metrics: Arc<Metrics>,
+    metrics: ProxyMetrics,
 }
 
 pin_project! {
@@ -46,16 +41,16 @@ pin_project! {
 /// response body, or when the request is abandoned before that.
 #[derive(Debug)]
 pub struct RequestDone {
-    metrics: Arc<Metrics>,
-    route: MatchedRoute,
+    metrics: ProxyMetrics,
+    route: usize,
     start: Instant,
 }
 
 // === impl RequestMetricsLayer ===
 
 impl RequestMetricsLayer {
-    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>) -> RequestMetricsLayer {
-        RequestMetricsLayer { settings, metrics }
+    pub fn new(metrics: ProxyMetrics) -> RequestMetricsLayer {
+        RequestMetricsLayer { metrics }
     }
 }
 
@@ -65,7 +60,6 @@ impl<S> Layer<S> for RequestMetricsLayer {
     fn layer(&self, inner: S) -> RequestMetrics<S> {
         RequestMetrics {
             inner,
-            settings: self.settings.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -73,24 +67,26 @@ impl<S> Layer<S> for RequestMetricsLayer {
 
 // === impl RequestMetrics ===
 
-impl<S> Service<Request<ProxyBody>> for RequestMetrics<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RequestMetrics<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: std::fmt::Display,
 {
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
+    type Response = Response<Guarded<ResB, RequestDone>>;
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
-        let route = self
-            .settings
-            .routes
-            .classify(req.method(), req.uri().path());
-        req.extensions_mut().insert(route.clone());
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // Unclassified requests count as `other`, the last route.
+        let route = req
+            .extensions()
+            .get::<MatchedRoute>()
+            .and_then(|m| m.index)
+            .unwrap_or(usize::MAX);
         self.metrics.inflight.inc();
         let method = method_index(req.method());
         ResponseFuture {
@@ -107,11 +103,12 @@ where
 
 // === impl ResponseFuture ===
 
-impl<F> Future for ResponseFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<ProxyBody>, BoxError>>,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: std::fmt::Display,
 {
-    type Output = Result<Response<ProxyBody>, BoxError>;
+    type Output = Result<Response<Guarded<B, RequestDone>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -120,25 +117,18 @@ where
             .done
             .take()
             .expect("ResponseFuture polled after completion");
-        let route = done.metrics.proxy_route(done.route.index);
+        let route = done.metrics.route(done.route);
         match result {
             Ok(response) => {
                 route.request(*this.method, response.status()).inc();
-                tracing::debug!(
-                    route = &*done.route.name,
-                    status = response.status().as_u16(),
-                    "response head"
-                );
-                Poll::Ready(Ok(
-                    response.map(|body| Guarded::new(body, done).boxed_unsync())
-                ))
+                Poll::Ready(Ok(response.map(|body| Guarded::new(body, done))))
             }
             Err(err) => {
                 // No layer below should fail; if one does, hyper drops the connection: a 5xx.
                 route
                     .request(*this.method, http::StatusCode::INTERNAL_SERVER_ERROR)
                     .inc();
-                tracing::warn!(route = &*done.route.name, error = %err, "request failed");
+                tracing::warn!(error = %err, "request failed");
                 Poll::Ready(Err(err))
             }
         }
@@ -150,7 +140,7 @@ where
 impl Drop for RequestDone {
     fn drop(&mut self) {
         self.metrics
-            .proxy_route(self.route.index)
+            .route(self.route)
             .duration
             .observe(self.start.elapsed().as_secs_f64());
         self.metrics.inflight.dec();

@@ -1,29 +1,34 @@
 //! Load shedding: past `proxy.max_concurrent_requests` requests in flight, answer 503 at once.
 //!
 //! A request holds its permit until its response body ends, because a streaming response still
-//! occupies an upstream connection.
+//! occupies an upstream connection. The permits are shared by every worker thread, so the cap
+//! is global and exact.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use super::body::{BoxError, Guarded, ProxyBody};
-use super::upstream::error_response;
-use crate::metrics::Metrics;
+use super::body::Guarded;
+use super::error::error_response;
+use super::metrics::ProxyMetrics;
+
+/// An admitted response's body holding its permit, or the 503.
+pub type ShedBody<B> = Either<Guarded<B, OwnedSemaphorePermit>, Full<Bytes>>;
 
 /// Caps concurrent requests; carries only the cap and where to count.
 #[derive(Debug, Clone)]
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
     limit: usize,
-    metrics: Arc<Metrics>,
+    metrics: ProxyMetrics,
 }
 
 #[derive(Debug, Clone)]
@@ -31,7 +36,7 @@ pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
     limit: usize,
-    metrics: Arc<Metrics>,
+    metrics: ProxyMetrics,
 }
 
 pin_project! {
@@ -39,14 +44,14 @@ pin_project! {
     #[project = ShedFutureProj]
     pub enum ShedFuture<F> {
         Admitted { #[pin] inner: F, permit: Option<OwnedSemaphorePermit> },
-        Shed { response: Option<Response<ProxyBody>> },
+        Shed { response: Option<Response<Full<Bytes>>> },
     }
 }
 
 // === impl ShedLayer ===
 
 impl ShedLayer {
-    pub fn new(limit: usize, metrics: Arc<Metrics>) -> ShedLayer {
+    pub fn new(limit: usize, metrics: ProxyMetrics) -> ShedLayer {
         ShedLayer {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
@@ -70,19 +75,19 @@ impl<S> Layer<S> for ShedLayer {
 
 // === impl Shed ===
 
-impl<S> Service<Request<ProxyBody>> for Shed<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Shed<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
 {
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
+    type Response = Response<ShedBody<ResB>>;
+    type Error = S::Error;
     type Future = ShedFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => ShedFuture::Admitted {
                 inner: self.inner.call(req),
@@ -109,24 +114,25 @@ where
 
 // === impl ShedFuture ===
 
-impl<F> Future for ShedFuture<F>
+impl<F, B, E> Future for ShedFuture<F>
 where
-    F: Future<Output = Result<Response<ProxyBody>, BoxError>>,
+    F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ProxyBody>, BoxError>;
+    type Output = Result<Response<ShedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ShedFutureProj::Admitted { inner, permit } => {
                 let response = ready!(inner.poll(cx))?;
-                let permit = permit.take();
+                let permit = permit.take().expect("ShedFuture polled after completion");
                 Poll::Ready(Ok(
-                    response.map(|body| Guarded::new(body, permit).boxed_unsync())
+                    response.map(|body| Either::Left(Guarded::new(body, permit)))
                 ))
             }
             ShedFutureProj::Shed { response } => Poll::Ready(Ok(response
                 .take()
-                .expect("ShedFuture polled after completion"))),
+                .expect("ShedFuture polled after completion")
+                .map(Either::Right))),
         }
     }
 }

@@ -122,6 +122,11 @@ impl TaskTracker {
         }
     }
 
+    /// The enabled transition rules as metric labels.
+    pub fn rule_labels(&self) -> impl Iterator<Item = crate::engine::RuleLabel<'_>> {
+        self.transitions.labels()
+    }
+
     /// Tasks remembered now (the `consistency_tracked_tasks` gauge). Expired tasks count until
     /// swept: call [`purge_expired`](Self::purge_expired) first for an exact figure.
     pub fn tracked(&self) -> usize {

@@ -6,13 +6,15 @@
 //! inspected response of a tracked route, the inspection layer hands the engine
 //! `tracker.judge_for(route_index)`, a [`RouteMemory`] implementing
 //! [`TransitionJudge`](crate::engine::TransitionJudge). Bounded by `tracker.capacity`
-//! (least recently seen evicted) and `tracker.ttl`; see `docs/tracker.md` for the scope.
+//! (least recently seen evicted) and `tracker.ttl` (README, "Task memory").
 
 mod memory;
+mod metrics;
 mod shard;
 mod transition;
 
 pub use memory::{EvictionReason, RouteMemory, TaskTracker};
+pub use metrics::TrackerCollector;
 
 #[cfg(test)]
 mod tests;

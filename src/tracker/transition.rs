@@ -86,6 +86,18 @@ impl Transitions {
         }
     }
 
+    /// The enabled transition rules as metric labels.
+    pub fn labels(&self) -> impl Iterator<Item = crate::engine::RuleLabel<'_>> {
+        self.rules
+            .iter()
+            .filter(|(rule, _)| rule.enabled)
+            .map(|(rule, name)| crate::engine::RuleLabel {
+                name,
+                level: rule.level,
+                fixes: rule.fix,
+            })
+    }
+
     /// Encodes the task fields of a record; values outside the model become [`UNKNOWN`].
     pub fn snapshot(&self, state: &RecordState) -> Snapshot {
         // Models are a handful of names: a linear scan beats hashing the string.

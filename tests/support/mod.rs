@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use consistency_sidecar::config::Config;
-use consistency_sidecar::metrics::Metrics;
 use consistency_sidecar::settings::Settings;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
@@ -56,7 +55,6 @@ impl Sidecar {
         };
         tweak(&mut config);
         let settings = Arc::new(Settings::compile(config).expect("test config is valid"));
-        let metrics = Arc::new(Metrics::new(&settings));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = listener.local_addr().expect("addr");
@@ -66,7 +64,6 @@ impl Sidecar {
             listener,
             admin_listener,
             settings,
-            metrics,
             async move {
                 let _ = stopped.await;
             },

@@ -11,6 +11,7 @@ use tower::{service_fn, ServiceExt};
 
 use super::*;
 use crate::config::{self, Config};
+use crate::inspection::InspectLayer;
 use crate::routes::RouteTable;
 
 const CONSISTENT: &str = r#"{"task_id": "t1", "status": "running", "stage": "ai_fetching", "progress": 25, "is_completed": false, "brand": "\u54c1\u724c"}"#;
@@ -29,9 +30,8 @@ fn harness(edit: impl FnOnce(&mut Config)) -> Harness {
     let mut config = Config::default();
     edit(&mut config);
     let settings = Settings::compile(config).expect("valid test config");
-    let metrics = Arc::new(Metrics::new(&settings));
-    let registry = metrics.registry().clone();
-    let inspector = Arc::new(Inspector::new(&settings, metrics));
+    let registry = Registry::new();
+    let inspector = Arc::new(Inspector::new(&settings, &registry).expect("families register"));
     let routes = RouteTable::compile(&settings.config.routes).unwrap();
     Harness {
         registry,

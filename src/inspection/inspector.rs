@@ -1,0 +1,437 @@
+//! The inspector: decides whether a response is worth inspecting, holds its body within the
+//! limits, runs the engine, counts and logs what it found, and rebuilds the response.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use prometheus::Registry;
+
+use super::body::InspectBody;
+use super::budget::{Budget, Reservation};
+use super::decode::{Coding, DecodeError};
+use super::issue_log::RouteIssueLog;
+use super::metrics::{InspectionMetrics, RouteCounters, RouteLabels, Skip};
+use super::BoxError;
+use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet};
+use crate::report::ReportBook;
+use crate::settings::Settings;
+use crate::tracker::{TaskTracker, TrackerCollector};
+
+/// Headers that vouch for the exact bytes of a body; a patched body must not carry them.
+const BODY_DIGESTS: [&str; 4] = ["content-md5", "digest", "content-digest", "repr-digest"];
+
+/// The response header naming the rules whose fixes were applied (off unless configured).
+pub const FIXED_HEADER: &str = "x-consistency-fixed";
+
+/// Everything inspection needs, shared by every connection.
+#[derive(Debug)]
+pub struct Inspector {
+    routes: Vec<InspectedRoute>,
+    rules: Arc<RuleSet>,
+    tracker: Arc<TaskTracker>,
+    metrics: InspectionMetrics,
+    book: Arc<ReportBook>,
+    budget: Budget,
+    max_body_bytes: usize,
+    max_decoded_bytes: usize,
+    fixed_header: bool,
+}
+
+#[derive(Debug)]
+struct InspectedRoute {
+    name: String,
+    spec: RouteSpec,
+    track: bool,
+    log: RouteIssueLog,
+}
+
+/// What was read of a body while deciding.
+enum Held<B> {
+    /// The whole body (and its trailers).
+    Complete(Bytes, Option<HeaderMap>),
+    /// The limit or the global budget was passed: what was read, the unread rest, and which.
+    Overflow(VecDeque<Frame<Bytes>>, B, Skip),
+    /// The upstream failed mid-body: what was read, and the failure.
+    Failed(VecDeque<Frame<Bytes>>, BoxError),
+}
+
+// === impl Inspector ===
+
+impl Inspector {
+    /// Compiles the per-route state, creates the task memory and the report book, and
+    /// registers the consistency and tracker metrics.
+    pub fn new(settings: &Settings, registry: &Registry) -> prometheus::Result<Inspector> {
+        let config = &settings.config;
+        let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
+        let book = Arc::new(ReportBook::new(config.inspect.recent_issues));
+        let labels: Vec<RouteLabels<'_>> = config
+            .routes
+            .iter()
+            .map(|route| RouteLabels {
+                name: &route.name,
+                rules: settings
+                    .rules
+                    .labels()
+                    .chain(tracker.rule_labels().filter(|_| route.track))
+                    .collect(),
+            })
+            .collect();
+        let metrics = InspectionMetrics::register(registry, &labels)?;
+        TrackerCollector::register(registry, tracker.clone())?;
+        let routes = config
+            .routes
+            .iter()
+            .zip(&settings.route_specs)
+            .map(|(route, spec)| InspectedRoute {
+                name: route.name.clone(),
+                spec: spec.clone(),
+                track: route.track,
+                log: RouteIssueLog::new(
+                    &route.name,
+                    config.inspect.log_window.0,
+                    config.inspect.log_burst,
+                ),
+            })
+            .collect();
+        Ok(Inspector {
+            routes,
+            rules: settings.rules.clone(),
+            tracker,
+            metrics,
+            book,
+            budget: Budget::new(config.inspect.max_held_bytes),
+            max_body_bytes: config.inspect.max_body_bytes,
+            max_decoded_bytes: config.inspect.max_decoded_bytes,
+            fixed_header: config.inspect.fixed_header,
+        })
+    }
+
+    /// The report book fed by this inspector.
+    pub fn book(&self) -> Arc<ReportBook> {
+        self.book.clone()
+    }
+
+    /// Periodic upkeep, from one task only: forgets expired tasks, and logs the summaries of
+    /// issue-log windows that have ended.
+    pub fn tick(&self) {
+        self.tracker.purge_expired();
+        for route in &self.routes {
+            route.log.flush();
+        }
+    }
+
+    /// Inspects the response of configured route `route` to a `method` request.
+    pub async fn respond<B>(
+        self: Arc<Self>,
+        route: usize,
+        method: &Method,
+        response: Response<B>,
+    ) -> Response<InspectBody<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let (Some(target), Some(counters)) = (self.routes.get(route), self.metrics.route(route))
+        else {
+            return response.map(InspectBody::passthrough);
+        };
+        let status = response.status();
+        // Only a successful response with a body carries a status record.
+        if *method == Method::HEAD || !status.is_success() || matches!(status.as_u16(), 204..=206) {
+            return response.map(InspectBody::passthrough);
+        }
+        let skip = |reason: Skip, response: Response<B>| {
+            counters.skip(reason);
+            tracing::debug!(route = %target.name, reason = reason.as_str(), "response not inspected");
+            response.map(InspectBody::passthrough)
+        };
+        if !is_json(response.headers()) {
+            return skip(Skip::NotJson, response);
+        }
+        if declared_length(response.headers()).is_some_and(|n| n > self.max_body_bytes as u64) {
+            return skip(Skip::TooLarge, response);
+        }
+        let Some(coding) = Coding::from_header(
+            response
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        ) else {
+            return skip(Skip::Encoding, response);
+        };
+
+        let (mut head, body) = response.into_parts();
+        // Held bytes count against the global budget until the client has them.
+        let mut reservation = self.budget.reservation();
+        let (raw, trailers) = match hold(body, self.max_body_bytes, &mut reservation).await {
+            Held::Complete(raw, trailers) => (raw, trailers),
+            Held::Overflow(held, rest, reason) => {
+                counters.skip(reason);
+                let body = InspectBody::replay(held, Some(rest), None).holding(reservation);
+                return Response::from_parts(head, body);
+            }
+            Held::Failed(held, failure) => {
+                let body = InspectBody::replay(held, None, Some(failure)).holding(reservation);
+                return Response::from_parts(head, body);
+            }
+        };
+        let replay = |head: http::response::Parts,
+                      raw: Bytes,
+                      trailers: Option<HeaderMap>,
+                      reservation: Reservation| {
+            let mut held = VecDeque::with_capacity(2);
+            if !raw.is_empty() {
+                held.push_back(Frame::data(raw));
+            }
+            if let Some(trailers) = trailers {
+                held.push_back(Frame::trailers(trailers));
+            }
+            let body = InspectBody::replay(held, None, None).holding(reservation);
+            let body = if head.headers.contains_key(header::CONTENT_LENGTH) {
+                body
+            } else {
+                body.without_length()
+            };
+            Response::from_parts(head, body)
+        };
+
+        if coding != Coding::Identity && !reservation.cover(raw.len() + self.max_decoded_bytes) {
+            counters.skip(Skip::Overloaded);
+            return replay(head, raw, trailers, reservation);
+        }
+        let (decoded, coding) = match coding.decode(&raw, self.max_decoded_bytes) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                let reason = match err {
+                    DecodeError::TooLarge => Skip::TooLarge,
+                    DecodeError::Corrupt => Skip::Encoding,
+                };
+                counters.skip(reason);
+                return replay(head, raw, trailers, reservation);
+            }
+        };
+
+        let Some(inspection) = self.run_engine(route, target, &decoded) else {
+            counters.skip(Skip::Error);
+            return replay(head, raw, trailers, reservation);
+        };
+        let records = match &inspection.outcome {
+            Outcome::Skipped(reason) => {
+                let skip = match reason {
+                    engine::SkipReason::Unparseable => Skip::Unparseable,
+                    engine::SkipReason::NoRecord => Skip::NoRecord,
+                };
+                counters.skip(skip);
+                return replay(head, raw, trailers, reservation);
+            }
+            Outcome::Checked(records) => records,
+        };
+        self.account(target, counters, records);
+
+        let unchanged =
+            inspection.body.len() == decoded.len() && inspection.body.as_ptr() == decoded.as_ptr();
+        if unchanged {
+            return replay(head, raw, trailers, reservation);
+        }
+        let patched = match coding.encode(&inspection.body) {
+            Ok(patched) => patched,
+            Err(err) => {
+                tracing::warn!(route = %target.name, error = %err, "re-encoding a patched body failed; sending the original");
+                counters.skip(Skip::Error);
+                return replay(head, raw, trailers, reservation);
+            }
+        };
+        rewrite_head(
+            &mut head.headers,
+            patched.len(),
+            self.fixed_header.then_some(records),
+        );
+        replay(head, patched, trailers, reservation)
+    }
+
+    /// Runs the engine; a panic inside it is caught, logged and reported as `None`.
+    fn run_engine(
+        &self,
+        route: usize,
+        target: &InspectedRoute,
+        body: &Bytes,
+    ) -> Option<Inspection> {
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if target.track {
+                let mut memory = self.tracker.judge_for(route as u16);
+                engine::inspect(&self.rules, &target.spec, body, &mut memory)
+            } else {
+                engine::inspect(&self.rules, &target.spec, body, &mut NoMemory)
+            }
+        }));
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(inspection) => Some(inspection),
+            Err(_) => {
+                tracing::error!(route = %target.name, "inspection panicked; response passed through unchanged");
+                None
+            }
+        }
+    }
+
+    /// Counts, logs and reports the verdicts of one body.
+    fn account(
+        &self,
+        target: &InspectedRoute,
+        counters: &RouteCounters,
+        records: &[RecordVerdict],
+    ) {
+        for record in records {
+            counters.checks.inc();
+            counters.results[record.level as usize].inc();
+            let task_id = record.task_id.as_deref().unwrap_or("-");
+            for issue in &record.issues {
+                counters.issue(&issue.rule, issue.level);
+                let fix = record.fixes.iter().find(|fix| fix.rule == issue.rule);
+                target.log.issue(task_id, issue, fix);
+            }
+            for fix in &record.fixes {
+                counters.fix(&fix.rule);
+            }
+            self.book.record(&target.name, record);
+        }
+        counters.update_ratio();
+    }
+}
+
+/// Reads the body until its end, past `limit` bytes, or past what the budget can cover,
+/// whichever comes first.
+async fn hold<B>(mut body: B, limit: usize, reservation: &mut Reservation) -> Held<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut read = 0usize;
+    let mut trailers = None;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(err)) => return Held::Failed(frames, err.into()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len();
+                }
+                match frame.into_trailers() {
+                    Ok(t) => trailers = Some(t),
+                    Err(frame) => frames.push_back(frame),
+                }
+                let overflow = if read > limit {
+                    Some(Skip::TooLarge)
+                } else if !reservation.cover(read) {
+                    Some(Skip::Overloaded)
+                } else {
+                    None
+                };
+                if let Some(reason) = overflow {
+                    if let Some(t) = trailers.take() {
+                        frames.push_back(Frame::trailers(t));
+                    }
+                    return Held::Overflow(frames, body, reason);
+                }
+            }
+        }
+    }
+    let data: Vec<Bytes> = frames
+        .into_iter()
+        .filter_map(|f| f.into_data().ok())
+        .collect();
+    let whole = match data.len() {
+        0 => Bytes::new(),
+        1 => data.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(read);
+            for chunk in data {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    };
+    Held::Complete(whole, trailers)
+}
+
+/// `application/json` or any `+json` type, parameters aside.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Headers of a patched response: its new length, a weak ETag, no digests of the old bytes.
+fn rewrite_head(headers: &mut HeaderMap, length: usize, fixed: Option<&[RecordVerdict]>) {
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    if let Some(etag) = headers.get(header::ETAG) {
+        // The representation changed, so a strong validator no longer holds; a weak one does.
+        let weak = match etag.as_bytes() {
+            [b'W', b'/', ..] => None,
+            strong => {
+                let mut value = b"W/".to_vec();
+                value.extend_from_slice(strong);
+                HeaderValue::from_bytes(&value).ok()
+            }
+        };
+        match weak {
+            Some(weak) => {
+                headers.insert(header::ETAG, weak);
+            }
+            None if etag.as_bytes().starts_with(b"W/") => {}
+            None => {
+                headers.remove(header::ETAG);
+            }
+        }
+    }
+    for name in BODY_DIGESTS {
+        headers.remove(name);
+    }
+    if let Some(records) = fixed {
+        let mut rules: Vec<&str> = records
+            .iter()
+            .flat_map(|r| r.fixes.iter().map(|f| &*f.rule))
+            .collect();
+        rules.sort_unstable();
+        rules.dedup();
+        if let Ok(value) = HeaderValue::from_str(&rules.join(",")) {
+            headers.insert(FIXED_HEADER, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

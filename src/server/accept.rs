@@ -1,0 +1,129 @@
+//! One worker's share of the proxy port: its accept loop, and its drain at shutdown.
+//!
+//! The drain is ours rather than hyper-util's `GracefulShutdown` alone: a connection also asks
+//! itself to close when idle (the same `graceful_shutdown` call, from its own select), and
+//! connections still open when the grace period ends are aborted, which needs the worker to own
+//! their tasks (a `JoinSet`), not only to watch them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::connection::Connection;
+use crate::proxy::UpstreamPool;
+use crate::settings::Settings;
+use crate::stack::{ProxyStack, Sidecar};
+
+/// What each worker needs to serve client connections; cloned into every worker thread.
+#[derive(Clone)]
+pub(super) struct Worker {
+    listener: Arc<std::net::TcpListener>,
+    app: ProxyStack<UpstreamPool>,
+    pool: UpstreamPool,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle: Duration,
+    grace: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+// === impl Worker ===
+
+impl Worker {
+    pub(super) fn new(
+        sidecar: &Sidecar,
+        listener: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+    ) -> Worker {
+        let proxy = &sidecar.settings.config.proxy;
+        Worker {
+            listener: Arc::new(listener),
+            app: sidecar.app(),
+            pool: sidecar.pool.clone(),
+            builder: Arc::new(connection_builder(&sidecar.settings)),
+            idle: proxy.client_idle_timeout.0,
+            grace: proxy.shutdown_grace.0,
+            stop,
+        }
+    }
+
+    /// Accepts and serves connections until told to stop, then drains this worker's own.
+    pub(super) async fn run(self) {
+        // Each worker registers its own handle on the one listening socket with its runtime;
+        // the kernel hands each new connection to one of them.
+        let listener = match self.listener.try_clone().and_then(TcpListener::from_std) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(error = %err, "worker cannot use the listening socket");
+                return;
+            }
+        };
+        let mut connections = JoinSet::new();
+        let stopping = super::stopped(self.stop.clone());
+        tokio::pin!(stopping);
+        loop {
+            tokio::select! {
+                () = &mut stopping => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(self.connection(peer).serve(stream));
+                    }
+                    Err(err) => super::accept_failed(err).await,
+                },
+                Some(_) = connections.join_next() => {}
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            connections = connections.len(),
+            grace = %humantime::format_duration(self.grace),
+            "shutting down: no new connections, draining"
+        );
+        let drained = tokio::time::timeout(self.grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = connections.len(),
+                "grace period over; closing the remaining connections"
+            );
+            connections.abort_all();
+        }
+    }
+
+    fn connection(&self, peer: SocketAddr) -> Connection {
+        Connection {
+            builder: self.builder.clone(),
+            app: self.app.clone(),
+            counted: self.pool.client_connection(),
+            peer,
+            idle: self.idle,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+/// HTTP/1.1 and h2c, with the client-side limits from `[proxy]`.
+fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
+    let proxy = &settings.config.proxy;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // hyper enforces the header-read timeout only when it has a timer.
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.client_header_timeout.0)
+        .max_buf_size(proxy.max_header_bytes)
+        .max_headers(proxy.max_headers)
+        .preserve_header_case(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(proxy.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}

@@ -1,0 +1,75 @@
+//! The tracker's metrics, read from the tracker itself at scrape time: never stale, never
+//! mirrored by a background task.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+use super::memory::{EvictionReason, TaskTracker};
+
+/// A `prometheus` collector over a [`TaskTracker`].
+#[derive(Debug)]
+pub struct TrackerCollector {
+    tracker: Arc<TaskTracker>,
+    tracked: IntGauge,
+    evictions: IntCounterVec,
+    descs: Vec<Desc>,
+    /// Two scrapes at once must not interleave their copying of the figures.
+    collecting: Mutex<()>,
+}
+
+// === impl TrackerCollector ===
+
+impl TrackerCollector {
+    /// Registers `consistency_tracked_tasks` and `consistency_tracker_evictions_total{reason}`.
+    pub fn register(registry: &Registry, tracker: Arc<TaskTracker>) -> prometheus::Result<()> {
+        let tracked = IntGauge::new(
+            "consistency_tracked_tasks",
+            "Tasks remembered across polls.",
+        )?;
+        let evictions = IntCounterVec::new(
+            Opts::new(
+                "consistency_tracker_evictions_total",
+                "Tasks forgotten to stay within capacity (capacity) or after their TTL (ttl).",
+            ),
+            &["reason"],
+        )?;
+        let descs = tracked
+            .desc()
+            .into_iter()
+            .chain(evictions.desc())
+            .cloned()
+            .collect();
+        registry.register(Box::new(TrackerCollector {
+            tracker,
+            tracked,
+            evictions,
+            descs,
+            collecting: Mutex::new(()),
+        }))
+    }
+}
+
+impl Collector for TrackerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one_at_a_time = self
+            .collecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.tracked.set(self.tracker.tracked() as i64);
+        for reason in EvictionReason::ALL {
+            let counter = self.evictions.with_label_values(&[reason.as_str()]);
+            counter.reset();
+            counter.inc_by(self.tracker.evictions(reason));
+        }
+        let mut families = self.tracked.collect();
+        families.extend(self.evictions.collect());
+        families
+    }
+}
