@@ -64,7 +64,23 @@ impl UpstreamError {
     /// The backend closed a kept-alive connection under us: the request never reached it, or
     /// no byte of an answer came back.
     pub(crate) fn is_stale_connection(&self) -> bool {
-        matches!(self, UpstreamError::Request(e) if e.is_canceled() || e.is_incomplete_message())
+        let UpstreamError::Request(e) = self else {
+            return false;
+        };
+        e.is_canceled()
+            || e.is_closed()
+            || e.is_incomplete_message()
+            || chain(e).any(|cause| {
+                cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    )
+                })
+            })
     }
 
     /// Logs the failure and answers for the upstream; the caller counts `reason()`.
