@@ -15,7 +15,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::config::{Level, TransitionKind};
+use crate::engine::{Level, TransitionKind};
 use crate::inspection::Skip;
 use crate::routes::OTHER;
 use crate::settings::Settings;
@@ -279,8 +279,8 @@ impl Metrics {
         for reason in EVICTION_REASONS {
             tracker_evictions.with_label_values(&[reason]);
         }
-        for (i, route) in settings.config.routes.iter().enumerate() {
-            let name = route_names[i];
+        for route in settings.routes.iter() {
+            let name = route.name();
             checks.with_label_values(&[name]);
             ratio.with_label_values(&[name]).set(1.0);
             for level in Level::ALL {
@@ -289,7 +289,7 @@ impl Metrics {
             for reason in Skip::ALL {
                 skipped.with_label_values(&[name, reason.as_str()]);
             }
-            for (rule, level, fixable) in rule_labels(settings, route.track) {
+            for (rule, level, fixable) in rule_labels(settings, route.spec().track()) {
                 issues.with_label_values(&[name, rule, level.as_str()]);
                 if fixable {
                     fixes.with_label_values(&[name, rule]);

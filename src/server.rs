@@ -77,7 +77,7 @@ pub async fn serve(
     let admin = Admin::new(settings.clone(), metrics.clone(), inspector.book());
     let upkeep = tokio::spawn(upkeep(
         inspector.clone(),
-        settings.config.inspect.report_interval.0,
+        settings.config.inspect.report_interval,
     ));
     let proxy = &settings.config.proxy;
     tracing::info!(
@@ -89,7 +89,7 @@ pub async fn serve(
     );
     let app = app(settings.clone(), metrics, inspector);
     let builder = Arc::new(connection_builder(&settings));
-    let idle = proxy.client_idle_timeout.0;
+    let idle = proxy.client_idle_timeout;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut admin_connections = JoinSet::new();
@@ -124,7 +124,7 @@ pub async fn serve(
 
     drop(listener);
     drop(admin_listener);
-    let grace = proxy.shutdown_grace.0;
+    let grace = proxy.shutdown_grace;
     tracing::info!(
         connections = connections.len(),
         grace = %humantime::format_duration(grace),
@@ -206,7 +206,7 @@ fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
         .http1()
         // hyper enforces the header-read timeout only when it has a timer.
         .timer(TokioTimer::new())
-        .header_read_timeout(proxy.client_header_timeout.0)
+        .header_read_timeout(proxy.client_header_timeout)
         .max_buf_size(proxy.max_header_bytes)
         .max_headers(proxy.max_headers)
         .preserve_header_case(true);

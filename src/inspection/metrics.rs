@@ -2,8 +2,9 @@
 
 use prometheus::{Gauge, IntCounter};
 
-use crate::config::Level;
+use crate::engine::Level;
 use crate::metrics::{rule_labels, Metrics};
+use crate::routes::Route;
 use crate::settings::Settings;
 
 /// Why a response on an inspected route was not checked.
@@ -61,12 +62,11 @@ pub struct RouteCounters {
 // === impl RouteCounters ===
 
 impl RouteCounters {
-    pub fn resolve(metrics: &Metrics, settings: &Settings, index: usize) -> RouteCounters {
-        let config = &settings.config.routes[index];
-        let route = config.name.as_str();
+    pub fn resolve(metrics: &Metrics, settings: &Settings, config: &Route) -> RouteCounters {
+        let route = config.name();
         let mut issues = Vec::new();
         let mut fixes = Vec::new();
-        for (rule, level, fixable) in rule_labels(settings, config.track) {
+        for (rule, level, fixable) in rule_labels(settings, config.spec().track()) {
             let counter = metrics
                 .issues
                 .with_label_values(&[route, rule, level.as_str()]);

@@ -84,16 +84,14 @@ impl Inspector {
         let config = &settings.config;
         let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
         let book = Arc::new(ReportBook::new(config.inspect.recent_issues));
-        let routes = config
+        let routes = settings
             .routes
             .iter()
-            .zip(&settings.route_specs)
-            .enumerate()
-            .map(|(index, (route, spec))| InspectedRoute {
-                name: route.name.clone(),
-                spec: spec.clone(),
-                track: route.track,
-                counters: RouteCounters::resolve(&metrics, settings, index),
+            .map(|route| InspectedRoute {
+                name: route.name().to_string(),
+                spec: route.spec().clone(),
+                track: route.spec().track(),
+                counters: RouteCounters::resolve(&metrics, settings, route),
             })
             .collect();
         Inspector {

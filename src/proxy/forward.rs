@@ -70,7 +70,7 @@ impl Forward {
                 authority: upstream.authority().clone(),
             }),
             metrics,
-            head_timeout: settings.config.proxy.response_header_timeout.0,
+            head_timeout: settings.config.proxy.response_header_timeout,
         }
     }
 

@@ -26,11 +26,11 @@ pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 /// Builds the client with the configured connect timeout and keep-alive pool.
 pub fn upstream_client(proxy: &ProxyConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(proxy.connect_timeout.0));
+    connector.set_connect_timeout(Some(proxy.connect_timeout));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         // Below the backend's keep-alive, so we never send on a socket it is closing.
-        .pool_idle_timeout(proxy.upstream_idle_timeout.0)
+        .pool_idle_timeout(proxy.upstream_idle_timeout)
         .pool_max_idle_per_host(proxy.upstream_max_idle)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
