@@ -31,6 +31,7 @@ static DEFAULTS: LazyLock<(toml::Table, Config)> = LazyLock::new(|| {
     (table, config)
 });
 
+/// How log events are written: human-readable lines, or one JSON object per event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -43,6 +44,8 @@ pub enum LogFormat {
 pub struct Upstream {
     pub uri: http::Uri,
 }
+
+// === impl Upstream ===
 
 impl Upstream {
     /// `host:port` of the upstream, used for the TCP readiness probe and the Host header.
@@ -185,7 +188,10 @@ pub struct FieldOverrides {
     pub task_id: Option<Vec<String>>,
 }
 
+// === impl FieldOverrides ===
+
 impl FieldOverrides {
+    /// The route's field keys: its own where set, the global `[fields]` elsewhere.
     pub fn apply(&self, base: &FieldsConfig) -> FieldsConfig {
         FieldsConfig {
             status: self.status.clone().unwrap_or_else(|| base.status.clone()),
@@ -290,15 +296,6 @@ impl TrackerConfig {
     }
 }
 
-// === impl Config ===
-
-impl Default for Config {
-    /// The shipped `config/sidecar.toml`.
-    fn default() -> Self {
-        DEFAULTS.1.clone()
-    }
-}
-
 /// Reads a configuration file and lays it over the defaults; `None`: the defaults.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path {
@@ -389,7 +386,7 @@ fn syntax_error(text: &str, err: &toml::de::Error) -> ConfigError {
     let at = err
         .span()
         .map_or(text.len(), |span| span.start.min(text.len()));
-    let before = &text[..at];
+    let before = text.get(..at).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     let problem = match in_file_words(err.message()) {
@@ -447,6 +444,15 @@ fn is_label_safe(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+// === impl Config ===
+
+impl Default for Config {
+    /// The shipped `config/sidecar.toml`.
+    fn default() -> Self {
+        DEFAULTS.1.clone()
+    }
 }
 
 impl Config {

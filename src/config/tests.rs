@@ -54,6 +54,17 @@ fn a_table_in_a_file_keeps_its_unset_keys() {
     assert_eq!(config.fields.task_id, ["task_id", "execution_id"]);
 }
 
+/// Metrics, alerts and validation name a transition rule by `TransitionKind::as_str`; the
+/// file's tables must be spelt the same.
+#[test]
+fn transition_rule_tables_are_named_like_their_kinds() {
+    let text = Config::default().to_toml();
+    for kind in TransitionKind::ALL {
+        let table = format!("[tracker.rules.{}]", kind.as_str());
+        assert!(text.contains(&table), "{table} in:\n{text}");
+    }
+}
+
 #[test]
 fn errors_name_the_key() {
     let cases = [

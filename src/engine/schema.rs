@@ -126,6 +126,9 @@ struct FieldTable<V> {
     value: PhantomData<V>,
 }
 
+/// Reads `when`: a table is all of, an array of tables any of.
+struct WhenVisitor;
+
 /// One key of a [`FieldTable`].
 struct FieldName {
     takes: &'static str,
@@ -193,16 +196,11 @@ impl<'de> Deserialize<'de> for When {
     }
 }
 
-struct WhenVisitor;
-
 impl<'de> Visitor<'de> for WhenVisitor {
     type Value = When;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "a table of field conditions (all hold) or an array of such tables (any holds)"
-        )
+        f.write_str("a table of field conditions (all hold) or an array of such tables (any holds)")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<When, A::Error> {

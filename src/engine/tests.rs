@@ -946,3 +946,36 @@ fn records_without_task_id_are_not_judged() {
     assert_eq!(ids, ["e"]);
     assert_eq!(judge.remembered.len(), 1);
 }
+
+/// The error on a misspelt `when` field lists the fields and conditions: all of them, so a
+/// condition added to `Condition` must be added to the message too.
+#[test]
+fn a_misspelt_when_field_lists_every_field_and_condition() {
+    let err = toml::from_str::<RuleConfig>("name = \"r\"\nwhen = { statuz = { is = 1 } }")
+        .expect_err("statuz is no field");
+    let message = err.message();
+    assert!(message.contains("unknown field `statuz`"), "{message}");
+    for field in Field::ALL {
+        assert!(message.contains(field.as_str()), "{field} in {message}");
+    }
+    let every = Condition {
+        present: Some(true),
+        is: Some(1.into()),
+        is_not: Some(1.into()),
+        one_of: Some(vec![]),
+        not_one_of: Some(vec![]),
+        known: Some(true),
+        number_in: Some([0.0, 1.0]),
+        not_number_in: Some([0.0, 1.0]),
+    };
+    let serde_json::Value::Object(conditions) = serde_json::to_value(every).expect("serializes")
+    else {
+        panic!("a condition serializes as an object")
+    };
+    for condition in conditions.keys() {
+        assert!(
+            message.contains(condition.as_str()),
+            "{condition} in {message}"
+        );
+    }
+}
