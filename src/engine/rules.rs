@@ -72,12 +72,9 @@ impl RuleSet {
         self.rules.iter().map(|r| &*r.name)
     }
 
-    pub fn len(&self) -> usize {
+    /// How many rules are enabled: bounds the fixpoint's rounds.
+    pub(crate) fn len(&self) -> usize {
         self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
     }
 
     /// Whether `value` is in the enumeration of the field in `slot` (status or stage).
