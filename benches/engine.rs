@@ -3,8 +3,8 @@
 //! `benches/seed_rules.py` runs the same bodies through the seed's approach for comparison.
 
 use bytes::Bytes;
-use consistency_sidecar::config::{FieldsConfig, Mode, RouteConfig};
-use consistency_sidecar::engine::{inspect, NoMemory, RouteSpec, RuleSet};
+use consistency_sidecar::config::Config;
+use consistency_sidecar::engine::{inspect, Mode, NoMemory, RouteSpec, RuleSet};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 const STATUS: &[u8] = include_bytes!("bodies/status.json");
@@ -12,20 +12,13 @@ const STATUS_FIX: &[u8] = include_bytes!("bodies/status_fix.json");
 const HISTORY: &[u8] = include_bytes!("bodies/history.json");
 
 fn route(records: &str) -> RouteSpec {
-    let config = RouteConfig {
-        name: "bench".into(),
-        method: "GET".into(),
-        path: "/".into(),
-        records: records.into(),
-        mode: None,
-        track: false,
-        fields: Default::default(),
-    };
-    RouteSpec::compile(&config, &FieldsConfig::default(), Mode::Fix).expect("route compiles")
+    RouteSpec::compile(records, &Config::default().fields, Mode::Fix, false)
+        .expect("route compiles")
 }
 
 fn engine(c: &mut Criterion) {
-    let rules = RuleSet::default_rules();
+    let config = Config::default();
+    let rules = RuleSet::compile(&config.model, &config.rules).expect("default rules compile");
     let whole = route("");
     let history = route("/history/*");
     let mut group = c.benchmark_group("inspect");

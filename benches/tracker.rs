@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use consistency_sidecar::config::{ModelConfig, TrackerConfig};
+use consistency_sidecar::config::Config;
 use consistency_sidecar::engine::{RecordState, TransitionJudge};
 use consistency_sidecar::tracker::TaskTracker;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -26,7 +26,8 @@ fn task_id(out: &mut String, i: usize) {
 
 /// A tracker of default capacity (100,000 tasks) holding `ids`, every task at 60 %.
 fn full_tracker(ids: &[String]) -> TaskTracker {
-    let tracker = TaskTracker::new(&TrackerConfig::default(), &ModelConfig::default());
+    let config = Config::default();
+    let tracker = TaskTracker::new(&config.tracker, &config.model);
     let sent = state("running", "ranking_analysis", 60.0);
     for id in ids {
         tracker.judge_for(0).remember(id, &sent);

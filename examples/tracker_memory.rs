@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use consistency_sidecar::config::{ModelConfig, TrackerConfig};
+use consistency_sidecar::config::Config;
 use consistency_sidecar::engine::{RecordState, TransitionJudge};
 use consistency_sidecar::tracker::TaskTracker;
 
@@ -40,10 +40,8 @@ fn state(progress: f64) -> RecordState {
 
 /// Fills a fresh tracker with `TASKS` ids made by `id`; returns RSS growth per task.
 fn bytes_per_task(label: &str, id: impl Fn(&mut String, usize)) -> Arc<TaskTracker> {
-    let tracker = Arc::new(TaskTracker::new(
-        &TrackerConfig::default(),
-        &ModelConfig::default(),
-    ));
+    let config = Config::default();
+    let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
     let sent = state(60.0);
     let mut buf = String::new();
     let before = rss_bytes();

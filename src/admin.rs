@@ -87,12 +87,12 @@ impl Admin {
     /// Ready when the upstream answered within `proxy.ready_window`, or accepts a TCP connection now.
     async fn ready(&self) -> Response<Full<Bytes>> {
         let proxy = &self.settings.config.proxy;
-        if self.answered.within(proxy.ready_window.0) {
+        if self.answered.within(proxy.ready_window) {
             return text(StatusCode::OK, "ready: upstream answered recently\n");
         }
         let authority = self.settings.config.upstream.authority();
         let port = authority.port_u16().unwrap_or(80);
-        match probe(authority.host(), port, proxy.connect_timeout.0).await {
+        match probe(authority.host(), port, proxy.connect_timeout).await {
             Ok(()) => text(StatusCode::OK, "ready: upstream accepts connections\n"),
             Err(problem) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

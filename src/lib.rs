@@ -1,15 +1,17 @@
 //! consistency-sidecar: a reverse proxy that keeps task-status responses from contradicting themselves.
 //!
 //! # Layout
-//! - `cli`: clap types and dispatch of the subcommands.
-//! - `config`: the TOML schema, built-in defaults for the legacy backend, validation.
-//! - `settings`: the configuration compiled once at start (rules, routes, typed values).
+//! - `cli`: the subcommands composed into one clap parser, and dispatch.
+//! - `commands`: one module per subcommand (`run`, `check-config`, `inspect`, `report`,
+//!   `demo`), each with its arguments and its `run()`.
+//! - `config`: the TOML schema; the shipped `config/sidecar.toml` is the defaults.
+//! - `settings`: the configuration validated and compiled once at start (rules, routes).
 //! - `logging`: `tracing` subscriber, `RUST_LOG`, text or JSON.
 //! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
 //! - `inspection`: the tower layer that runs the engine on responses in flight, with metrics.
-//! - `inspect_cmd`: the `inspect` subcommand over the engine.
 //! - `tracker`: task memory across polls, judging each response against what was last sent for the task.
-//! - `routes`: matches method + path patterns to configured route names (`other` otherwise).
+//! - `routes`: each configured route compiled into one `Route` (matcher and engine spec), and
+//!   classification of requests (`other` when none matches).
 //! - `metrics`: the registry each layer registers its own families into, build info, encoding.
 //! - `proxy`: the forwarding path: route classification, request metrics, load shedding, header
 //!   rewriting, the upstream connection pool, upgrades.
@@ -19,18 +21,14 @@
 //! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`.
 //! - `server`: the proxy and admin listeners, connections, signals, upkeep, graceful shutdown.
 //! - `report`: the consistency report (seed layout), text and JSON.
-//! - `admin_client`: a small HTTP GET for the `report` command.
-//! - `demo`: the self-contained demo.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admin_client;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod engine;
-pub mod inspect_cmd;
 pub mod inspection;
 pub mod logging;
 pub mod metrics;

@@ -10,7 +10,7 @@ fn main() -> std::process::ExitCode {
             let _ = err.print();
             // --help and --version are not errors; bad flags are usage errors (64).
             return if usage {
-                std::process::ExitCode::from(consistency_sidecar::cli::EX_USAGE)
+                std::process::ExitCode::from(consistency_sidecar::commands::EX_USAGE)
             } else {
                 std::process::ExitCode::SUCCESS
             };

@@ -1,19 +1,18 @@
 //! The consistency report, in the layout of the seed's in-process monitor report.
 //!
 //! `ReportBook` is fed once per checked record by the inspection layer and read by the admin
-//! server (`/report`, `/report.json`), the periodic report log and `consistency-sidecar report`.
+//! server (`/report`, `/report.json`) and the periodic report log; `consistency-sidecar report`
+//! fetches it from the admin port.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Level;
-use crate::engine::RecordVerdict;
+use crate::engine::{Level, RecordVerdict};
 
 /// One issue as the report lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,22 +173,6 @@ impl Report {
         }
         let _ = writeln!(out, "\n{rule}");
         out
-    }
-}
-
-/// `consistency-sidecar report`: fetches `/report` or `/report.json` from a running sidecar.
-pub fn print_remote(args: &crate::cli::ReportArgs) -> ExitCode {
-    let path = if args.json { "/report.json" } else { "/report" };
-    let url = format!("{}{path}", args.admin.trim_end_matches('/'));
-    match crate::admin_client::get_text(&url) {
-        Ok(body) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("consistency-sidecar: cannot fetch {url}: {err}");
-            ExitCode::FAILURE
-        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Route classification: method + path pattern (`/test/status/{task_id}`) to a configured route.
+//! The configured routes, each compiled once into a [`Route`], and request classification:
+//! method + path pattern (`/test/status/{task_id}`) to a route.
 //!
-//! The result labels metrics and tells the inspection layer which route spec applies, so it is
+//! The result labels metrics and tells the inspection layer which route applies, so it is
 //! computed once per request and carried in the request's extensions as a [`MatchedRoute`].
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::config::{ConfigError, RouteConfig};
+use crate::engine::{FieldsConfig, Mode, RouteSpec};
 
 /// Label of every request that matches no configured route.
 pub const OTHER: &str = "other";
@@ -15,25 +17,28 @@ pub const OTHER: &str = "other";
 /// The route a request matched, put into the request's extensions by the metrics layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchedRoute {
-    /// Index into `config.routes` (and everything compiled from it, in the same order);
-    /// `None` for [`OTHER`].
+    /// Index into the [`RouteTable`] (the order of `config.routes`); `None` for [`OTHER`].
     pub index: Option<usize>,
     /// The route's name, or `other`: the `route` metric label.
     pub name: Arc<str>,
 }
 
-/// The configured routes, compiled for matching.
+/// The configured routes, compiled, in configuration order.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    routes: Vec<CompiledRoute>,
+    routes: Vec<Route>,
     other: Arc<str>,
 }
 
+/// One configured route, compiled: what it matches and how its responses are inspected.
 #[derive(Debug, Clone)]
-struct CompiledRoute {
+pub struct Route {
+    /// The `route` metric label and log name.
     name: Arc<str>,
     method: Method,
     segments: Vec<Segment>,
+    /// Records, field keys, mode and tracking, for the engine.
+    spec: RouteSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,23 +52,16 @@ enum Segment {
 // === impl RouteTable ===
 
 impl RouteTable {
-    /// Compiles the patterns; errors name the offending key.
-    pub fn compile(routes: &[RouteConfig]) -> Result<RouteTable, ConfigError> {
+    /// Compiles every route; errors name the key (`routes[1].path`, `fields.stage`).
+    pub fn compile(
+        routes: &[RouteConfig],
+        fields: &FieldsConfig,
+        mode: Mode,
+    ) -> Result<RouteTable, ConfigError> {
         let routes = routes
             .iter()
             .enumerate()
-            .map(|(i, route)| {
-                let method = route.method.parse::<Method>().map_err(|_| {
-                    ConfigError::new(format!("routes[{i}].method"), "not an HTTP method")
-                })?;
-                let segments = parse_pattern(&route.path)
-                    .map_err(|problem| ConfigError::new(format!("routes[{i}].path"), problem))?;
-                Ok(CompiledRoute {
-                    name: Arc::from(route.name.as_str()),
-                    method,
-                    segments,
-                })
-            })
+            .map(|(i, route)| Route::compile(i, route, fields, mode))
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(RouteTable {
             routes,
@@ -86,23 +84,72 @@ impl RouteTable {
         }
     }
 
+    /// The routes in configuration order (without `other`); a [`MatchedRoute::index`] is a
+    /// position in it.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
     /// Route names in configuration order (without `other`).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.routes.iter().map(|r| &*r.name)
     }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
 }
 
-// === impl CompiledRoute ===
+// === impl Route ===
 
-impl CompiledRoute {
+impl Route {
+    /// Compiles `routes[i]`; the engine's errors about fields are reported at the route's
+    /// `fields` when the route sets that key, at the global `[fields]` otherwise.
+    fn compile(
+        i: usize,
+        route: &RouteConfig,
+        fields: &FieldsConfig,
+        mode: Mode,
+    ) -> Result<Route, ConfigError> {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let method = route.method.parse::<Method>().map_err(|_| {
+            ConfigError::new(
+                key("method"),
+                format!("{:?} is not an HTTP method", route.method),
+            )
+        })?;
+        let segments =
+            parse_pattern(&route.path).map_err(|problem| ConfigError::new(key("path"), problem))?;
+        let spec = RouteSpec::compile(
+            &route.records,
+            &route.fields.apply(fields),
+            route.mode.unwrap_or(mode),
+            route.track,
+        )
+        .map_err(|e| {
+            let field = e
+                .key
+                .strip_prefix("fields.")
+                .map(|rest| rest.split(['.', '[']).next().unwrap_or(rest));
+            let at = match field {
+                Some(field) if !route.fields.sets(field) => e.key,
+                _ => key(&e.key),
+            };
+            ConfigError::new(at, e.problem)
+        })?;
+        Ok(Route {
+            name: Arc::from(route.name.as_str()),
+            method,
+            segments,
+            spec,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the engine needs to inspect this route's responses.
+    pub fn spec(&self) -> &RouteSpec {
+        &self.spec
+    }
+
     fn matches(&self, path: &str) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;

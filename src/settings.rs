@@ -1,34 +1,34 @@
-//! The configuration compiled once at start: typed values, compiled rules and routes.
+//! The configuration validated and compiled once at start: typed values, rules and routes.
 
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::engine::{RouteSpec, RuleSet};
+use crate::engine::RuleSet;
 use crate::routes::RouteTable;
 
-/// Everything the running sidecar needs, compiled from a validated [`Config`].
+/// Everything the running sidecar needs, compiled from a [`Config`].
 #[derive(Debug)]
 pub struct Settings {
     pub config: Config,
-    /// `config.routes` compiled for matching, in the same order.
+    /// `config.routes`, each compiled into one [`Route`](crate::routes::Route), in order.
     pub routes: RouteTable,
     /// The rules, compiled.
     pub rules: Arc<RuleSet>,
-    /// `config.routes` compiled for the engine, in the same order.
-    pub route_specs: Vec<RouteSpec>,
 }
 
+// === impl Settings ===
+
 impl Settings {
+    /// The one place a configuration is checked: what the compilers cannot see first, then
+    /// the routes and the rules as they compile.
     pub fn compile(config: Config) -> Result<Settings, ConfigError> {
         config.validate()?;
-        let routes = RouteTable::compile(&config.routes)?;
+        let routes = RouteTable::compile(&config.routes, &config.fields, config.mode)?;
         let rules = Arc::new(RuleSet::compile(&config.model, &config.rules)?);
-        let route_specs = RouteSpec::compile_all(&config.routes, &config.fields, config.mode)?;
         Ok(Settings {
             config,
             routes,
             rules,
-            route_specs,
         })
     }
 }

@@ -50,8 +50,8 @@ impl Sidecar {
                 authority.host(),
                 authority.port_u16().unwrap_or(80)
             ),
-            connect_timeout: proxy.connect_timeout.0,
-            idle_timeout: proxy.upstream_idle_timeout.0,
+            connect_timeout: proxy.connect_timeout,
+            idle_timeout: proxy.upstream_idle_timeout,
             max_idle: proxy.upstream_max_idle,
             max_connections: proxy.upstream_max_connections,
         });
@@ -83,7 +83,7 @@ impl Sidecar {
             .service(Forward::new(
                 upstream,
                 config.upstream.authority().clone(),
-                config.proxy.response_header_timeout.0,
+                config.proxy.response_header_timeout,
                 self.proxy_metrics.clone(),
                 self.answered.clone(),
             ))

@@ -137,44 +137,45 @@ async fn report_command_reads_a_running_sidecar() {
 }
 
 #[tokio::test]
-async fn json_logs_carry_each_fix_as_one_structured_event() {
+async fn json_logs_carry_each_issue_and_its_fix_as_one_structured_event() {
     use std::io::{BufRead, BufReader};
     let Some(standin) = StandIn::start(&[]) else {
         return;
     };
-    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], support::standin::free_port()));
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], support::standin::free_port()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
         .args(["run", "--log-format", "json"])
         .args(["--upstream", &format!("http://127.0.0.1:{}", standin.port)])
-        .args([
-            "--listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("sidecar starts");
     let stderr = child.stderr.take().expect("piped stderr");
+    let (tell, listening) = std::sync::mpsc::channel();
     let lines = std::thread::spawn(move || {
         // Bounded: the sidecar is killed below, which ends the stream.
-        BufReader::new(stderr)
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
             .take(50)
-            .collect::<Vec<_>>()
-    });
-    let mut ready = false;
-    for _ in 0..100 {
-        if support::standin::try_get(admin, "/healthz").await.is_ok() {
-            ready = true;
-            break;
+        {
+            if line.contains("\"listening\"") {
+                let _ = tell.send(line.clone());
+            }
+            lines.push(line);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "sidecar came up");
+        lines
+    });
+    // The addresses it bound, from the line it logs once it listens: no port is guessed.
+    let line = listening
+        .recv_timeout(std::time::Duration::from_secs(15))
+        .expect("sidecar listens");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    let proxy: std::net::SocketAddr = event["proxy"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("proxy address");
     let (status, _, _) = get(proxy, "/test/status/__inconsistent").await;
     assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -190,25 +191,19 @@ async fn json_logs_carry_each_fix_as_one_structured_event() {
         events.iter().any(|e| e["message"] == "listening"),
         "{events:?}"
     );
-    let fix = events
-        .iter()
-        .find(|e| e["message"] == "consistency fix applied")
-        .unwrap_or_else(|| panic!("a fix event in {events:?}"));
-    assert_eq!(fix["route"], "task_status");
-    assert_eq!(fix["rule"], "completed_stage");
-    assert_eq!(fix["after"], "\"completed\"");
-    assert!(
-        fix["task_id"].is_string() && fix["before"].is_string(),
-        "{fix}"
-    );
+    // One event per issue, carrying its fix: task, rule, field, before -> after.
     let issue = events
         .iter()
-        .find(|e| e["message"] == "consistency issue")
-        .unwrap_or_else(|| panic!("an issue event in {events:?}"));
+        .find(|e| e["message"] == "consistency issue fixed" && e["rule"] == "completed_stage")
+        .unwrap_or_else(|| panic!("a fixed-issue event in {events:?}"));
     assert_eq!(issue["level"], "WARN");
+    assert_eq!(issue["route"], "task_status");
     assert_eq!(issue["severity"], "minor_issue");
-    assert_eq!(issue["rule"], "completed_stage");
     assert_eq!(issue["detail"], "status=completed but stage=source_tracing");
+    assert_eq!(issue["field"], "stage");
+    assert_eq!(issue["before"], "\"source_tracing\"");
+    assert_eq!(issue["after"], "\"completed\"");
+    assert!(issue["task_id"].is_string(), "{issue}");
 }
 
 /// Runs `inspect` with `body` on stdin.
@@ -222,12 +217,13 @@ fn inspect(args: &[&str], body: &str) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    child
+    // A command that refuses its arguments exits without reading stdin: a broken pipe here is
+    // that, and the exit code tells the rest.
+    let _ = child
         .stdin
         .take()
         .expect("piped stdin")
-        .write_all(body.as_bytes())
-        .expect("write stdin");
+        .write_all(body.as_bytes());
     child.wait_with_output().expect("inspect finishes")
 }
 

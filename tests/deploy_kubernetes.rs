@@ -7,6 +7,7 @@ mod deploy_support;
 use std::net::SocketAddr;
 
 use consistency_sidecar::config::{self, Config};
+use consistency_sidecar::settings::Settings;
 use deploy_support::yaml::{self, Yaml};
 use deploy_support::{deploy, read, repo, run, TempDir};
 
@@ -18,11 +19,10 @@ fn manifest(name: &str) -> Yaml {
 
 /// Parses and validates a sidecar TOML exactly as `consistency-sidecar run --config` would.
 fn sidecar_config(text: &str, origin: &str) -> Config {
-    let config = config::parse(text).unwrap_or_else(|e| panic!("{origin}: {e}"));
-    config
-        .validate()
-        .unwrap_or_else(|e| panic!("{origin}: {e}"));
-    config
+    config::parse(text)
+        .and_then(Settings::compile)
+        .unwrap_or_else(|e| panic!("{origin}: {e}"))
+        .config
 }
 
 fn port_of(container: &Yaml, name: &str) -> u16 {
@@ -217,9 +217,9 @@ fn pod_service_configmap_and_podmonitor_line_up() {
         .parse()
         .expect("sleep seconds");
     assert!(
-        grace > pre_stop + config.proxy.shutdown_grace.0.as_secs(),
+        grace > pre_stop + config.proxy.shutdown_grace.as_secs(),
         "terminationGracePeriodSeconds {grace} <= preStop {pre_stop}s + shutdown_grace {:?}",
-        config.proxy.shutdown_grace.0
+        config.proxy.shutdown_grace
     );
 
     // Non-root, as the image's user.
@@ -376,5 +376,7 @@ fn systemd_config_matches_the_static_scrape_target() {
     // The sample file must be what the unit reads once installed.
     let tmp = TempDir::new("deploy-systemd-config");
     let copy = tmp.write("sidecar.toml", &read(&deploy("systemd/sidecar.toml")));
-    config::load(Some(&copy)).unwrap_or_else(|e| panic!("{e}"));
+    config::load(Some(&copy))
+        .and_then(Settings::compile)
+        .unwrap_or_else(|e| panic!("{e}"));
 }

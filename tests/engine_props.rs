@@ -4,8 +4,10 @@
 //! derived independently: the input with exactly the fixed values' bytes replaced.
 
 use bytes::Bytes;
-use consistency_sidecar::config::{Field, FieldsConfig, Mode, RouteConfig};
-use consistency_sidecar::engine::{inspect, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet};
+use consistency_sidecar::config::Config;
+use consistency_sidecar::engine::{
+    inspect, Field, Mode, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -310,9 +312,8 @@ fn render(body: &GenBody) -> Rendered {
     }
 }
 
-fn route(records: &str) -> RouteSpec {
-    RouteSpec::compile(&route_config(records), &FieldsConfig::default(), Mode::Fix)
-        .expect("route compiles")
+fn route(records: &str, mode: Mode) -> RouteSpec {
+    RouteSpec::compile(records, &Config::default().fields, mode, false).expect("route compiles")
 }
 
 /// The fixable seed rules, judged independently on a parsed record: the names of those that fire.
@@ -376,8 +377,9 @@ proptest! {
     #[test]
     fn fixes_are_complete_idempotent_and_byte_preserving(gen in body()) {
         let rendered = render(&gen);
-        let rules = RuleSet::default_rules();
-        let spec = route(rendered.records);
+        let config = Config::default();
+        let rules = RuleSet::compile(&config.model, &config.rules).expect("default rules compile");
+        let spec = route(rendered.records, Mode::Fix);
         let input = Bytes::from(rendered.text.clone());
         let parsed_in: Value = serde_json::from_str(&rendered.text).expect("generator writes JSON");
 
@@ -437,24 +439,8 @@ proptest! {
         prop_assert!(verdicts(&again.outcome).iter().all(|v| v.fixes.is_empty()));
 
         // Observe mode never touches the body and reports the same original issues.
-        let observe = RouteSpec::compile(
-            &RouteConfig { mode: Some(Mode::Observe), ..route_config(rendered.records) },
-            &FieldsConfig::default(),
-            Mode::Fix,
-        ).expect("route compiles");
+        let observe = route(rendered.records, Mode::Observe);
         let seen = inspect(&rules, &observe, &input, &mut NoMemory);
         prop_assert!(seen.body.as_ptr() == input.as_ptr());
-    }
-}
-
-fn route_config(records: &str) -> RouteConfig {
-    RouteConfig {
-        name: "prop".into(),
-        method: "GET".into(),
-        path: "/".into(),
-        records: records.into(),
-        mode: None,
-        track: false,
-        fields: Default::default(),
     }
 }

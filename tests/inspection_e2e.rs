@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use support::standin::{decode, get, post, Sidecar, StandIn};
 
-use consistency_sidecar::config::{Config, Mode};
+use consistency_sidecar::config::Config;
+use consistency_sidecar::engine::Mode;
 use consistency_sidecar::engine::{self, NoMemory, Outcome};
 use consistency_sidecar::settings::Settings;
 
@@ -41,7 +42,13 @@ impl ClientJudge {
     /// Names of the rules the body breaks (empty: consistent).
     fn broken_rules(&self, route: usize, body: &[u8]) -> Vec<String> {
         let body = bytes::Bytes::copy_from_slice(body);
-        let spec = &self.settings.route_specs[route];
+        let spec = self
+            .settings
+            .routes
+            .iter()
+            .nth(route)
+            .expect("a configured route")
+            .spec();
         match engine::inspect(&self.settings.rules, spec, &body, &mut NoMemory).outcome {
             Outcome::Checked(records) => records
                 .iter()

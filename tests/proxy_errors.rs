@@ -50,7 +50,7 @@ async fn upstream_down_is_a_502_with_json() {
 async fn slow_upstream_is_a_504_with_json() {
     let upstream = TestUpstream::standard().await;
     let sidecar = Sidecar::start(&upstream.url(), |c| {
-        c.proxy.response_header_timeout = Duration::from_millis(300).into();
+        c.proxy.response_header_timeout = Duration::from_millis(300);
     })
     .await;
     let (status, headers, body) = get(&sidecar.url("/slow?ms=3000")).await;
@@ -114,7 +114,7 @@ async fn upstream_dying_mid_body_breaks_the_client_response() {
 async fn byte_by_byte_headers_are_cut_off() {
     let upstream = TestUpstream::standard().await;
     let sidecar = Sidecar::start(&upstream.url(), |c| {
-        c.proxy.client_header_timeout = Duration::from_secs(1).into();
+        c.proxy.client_header_timeout = Duration::from_secs(1);
     })
     .await;
     let stream = tokio::net::TcpStream::connect(sidecar.addr)

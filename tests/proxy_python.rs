@@ -164,7 +164,7 @@ async fn python_failures_reach_the_client() {
     }
     let upstream = PythonUpstream::start();
     let sidecar = Sidecar::start(&upstream.url(), |c| {
-        c.proxy.response_header_timeout = Duration::from_millis(300).into();
+        c.proxy.response_header_timeout = Duration::from_millis(300);
     })
     .await;
     for path in ["/die", "/die-chunked"] {

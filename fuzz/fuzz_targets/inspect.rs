@@ -8,10 +8,10 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use consistency_sidecar::config::{Field, FieldsConfig, Level, Mode, RouteConfig};
+use consistency_sidecar::config::Config;
 use consistency_sidecar::engine::{
-    inspect, NoMemory, Outcome, RecordState, RouteSpec, RuleSet, SkipReason, TransitionFinding,
-    TransitionJudge,
+    inspect, Field, Level, Mode, NoMemory, Outcome, RecordState, RouteSpec, RuleSet, SkipReason,
+    TransitionFinding, TransitionJudge,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -39,20 +39,12 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
+        let config = Config::default();
         let spec = |records: &str, mode: Mode| {
-            let config = RouteConfig {
-                name: "fuzz".into(),
-                method: "GET".into(),
-                path: "/".into(),
-                records: records.into(),
-                mode: Some(mode),
-                track: true,
-                fields: Default::default(),
-            };
-            RouteSpec::compile(&config, &FieldsConfig::default(), mode).expect("route compiles")
+            RouteSpec::compile(records, &config.fields, mode, true).expect("route compiles")
         };
         Setup {
-            rules: RuleSet::default_rules(),
+            rules: RuleSet::compile(&config.model, &config.rules).expect("default rules compile"),
             routes: ["", "/data", "/history/*"]
                 .into_iter()
                 .map(|r| (spec(r, Mode::Fix), spec(r, Mode::Observe)))

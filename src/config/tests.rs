@@ -1,10 +1,19 @@
-//! Unit tests for the configuration schema, defaults and validation.
+//! Unit tests for the configuration: the shipped defaults, laying a file over them, and the one
+//! line each mistake is reported as.
 
 use super::*;
+use crate::settings::Settings;
+
+/// What `run --config` and `check-config` do with a file: parse, then validate and compile.
+fn check(text: &str) -> Result<Settings, ConfigError> {
+    parse(text).and_then(Settings::compile)
+}
 
 #[test]
 fn defaults_serve_the_legacy_backend() {
-    let config = load(None).expect("defaults are valid");
+    let config = Settings::compile(load(None).expect("defaults load"))
+        .expect("defaults are valid")
+        .config;
     assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(config.upstream.uri.to_string(), "http://127.0.0.1:5000/");
     assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
@@ -19,6 +28,41 @@ fn effective_config_round_trips() {
     let text = config.to_toml();
     let again = parse(&text).expect("printed config parses");
     assert_eq!(again.to_toml(), text);
+}
+
+/// The documented way to start a file is to copy `config/sidecar.toml`: given back as a file,
+/// it must change nothing (its rules override the defaults by name instead of doubling them).
+#[test]
+fn the_shipped_file_given_as_a_file_changes_nothing() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sidecar.toml");
+    let shipped = load(Some(&path)).expect("config/sidecar.toml loads");
+    assert_eq!(shipped.to_toml(), Config::default().to_toml());
+    assert_eq!(shipped.rules.len(), 10);
+}
+
+#[test]
+fn a_table_in_a_file_keeps_its_unset_keys() {
+    let config = parse("[proxy]\nconnect_timeout = \"5s\"\n[fields]\nstage = \"phase\"").unwrap();
+    assert_eq!(config.proxy.connect_timeout, Duration::from_secs(5));
+    assert_eq!(
+        config.proxy.response_header_timeout,
+        Duration::from_secs(60)
+    );
+    assert_eq!(config.proxy.max_headers, 100);
+    assert_eq!(config.fields.stage, "phase");
+    assert_eq!(config.fields.status, "status");
+    assert_eq!(config.fields.task_id, ["task_id", "execution_id"]);
+}
+
+/// Metrics, alerts and validation name a transition rule by `TransitionKind::as_str`; the
+/// file's tables must be spelt the same.
+#[test]
+fn transition_rule_tables_are_named_like_their_kinds() {
+    let text = Config::default().to_toml();
+    for kind in TransitionKind::ALL {
+        let table = format!("[tracker.rules.{}]", kind.as_str());
+        assert!(text.contains(&table), "{table} in:\n{text}");
+    }
 }
 
 #[test]
@@ -43,15 +87,176 @@ fn errors_name_the_key() {
         ),
         (
             "[tracker.rules.stage_regression]\nenabled = 1",
-            "tracker.rules.?.enabled",
+            "tracker.rules.stage_regression.enabled",
         ),
     ];
     for (text, key) in cases {
-        let err = parse(text)
-            .and_then(|c| c.validate().map(|_| c))
-            .expect_err(text);
+        let err = check(text).expect_err(text);
         assert_eq!(err.key, key, "{text}: {err}");
         assert!(!err.to_string().contains('\n'), "one line: {err}");
+    }
+}
+
+/// Every kind of mistake, and the exact line the operator reads for it.
+#[test]
+fn each_mistake_is_one_line_naming_its_key() {
+    const NEW_RULE: &str = "[[rules]]\nname = \"r\"\nlevel = \"critical\"\n";
+    let when_takes = "a `when` table takes the fields status, stage, progress, is_completed, each with the conditions present, is, is_not, one_of, not_one_of, known, number_in, not_number_in";
+    let cases: Vec<(String, String)> = vec![
+        // A misspelt field inside `when`, alone or in an any-of list.
+        (
+            format!("{NEW_RULE}when = {{ statuz = {{ is = \"a\" }} }}"),
+            format!("rules[0].when.statuz: unknown field `statuz`; {when_takes}"),
+        ),
+        (
+            format!("{NEW_RULE}when = [{{ status = {{ is = \"a\" }} }}, {{ statuz = {{ is = \"a\" }} }}]"),
+            format!("rules[0].when[1].statuz: unknown field `statuz`; {when_takes}"),
+        ),
+        // A misspelt condition.
+        (
+            format!("{NEW_RULE}when = {{ status = {{ iz = \"a\" }} }}"),
+            "rules[0].when.status.iz: unknown field `iz`, expected one of `present`, `is`, `is_not`, `one_of`, `not_one_of`, `known`, `number_in`, `not_number_in`".into(),
+        ),
+        // `when` of the wrong shape, at each level.
+        (
+            format!("{NEW_RULE}when = 5"),
+            "rules[0].when: invalid type: integer `5`, expected a table of field conditions (all hold) or an array of such tables (any holds)".into(),
+        ),
+        (
+            format!("{NEW_RULE}when = {{ status = \"a\" }}"),
+            "rules[0].when.status: invalid type: string \"a\", expected a table".into(),
+        ),
+        (
+            format!("{NEW_RULE}when = {{ progress = {{ number_in = [1] }} }}"),
+            "rules[0].when.progress.number_in: invalid length 1, expected an array of length 2".into(),
+        ),
+        // A misspelt field in `fix`.
+        (
+            format!("{NEW_RULE}when = {{ status = {{ is = \"a\" }} }}\nfix = {{ statuz = \"b\" }}"),
+            "rules[0].fix.statuz: unknown field `statuz`; `fix` takes the fields status, stage, progress, is_completed, each set to the value to write".into(),
+        ),
+        // Unknown keys anywhere.
+        (
+            "bogus = 1".into(),
+            "bogus: unknown field `bogus`, expected one of `listen`, `upstream`, `admin_listen`, `mode`, `log_format`, `proxy`, `inspect`, `model`, `fields`, `tracker`, `routes`, `rules`".into(),
+        ),
+        (
+            "[proxy]\nmax_headerz = 3".into(),
+            "proxy.max_headerz: unknown field `max_headerz`, expected one of `connect_timeout`, `response_header_timeout`, `client_header_timeout`, `client_idle_timeout`, `max_header_bytes`, `max_headers`, `upstream_idle_timeout`, `upstream_max_idle`, `upstream_max_connections`, `workers`, `max_concurrent_requests`, `shutdown_grace`, `ready_window`".into(),
+        ),
+        (
+            "[tracker.rules.stage_regresion]\nenabled = true".into(),
+            "tracker.rules.stage_regresion: unknown field `stage_regresion`, expected one of `stage_regression`, `terminal_reopened`, `terminal_changed`, `progress_regression`".into(),
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nlevl = \"critical\"".into(),
+            "rules[0].levl: unknown field `levl`, expected one of `name`, `enabled`, `level`, `when`, `fix`, `message`".into(),
+        ),
+        (
+            "[[routes]]\nname = \"a\"\npath = \"/x\"\nfields = { statuz = \"s\" }".into(),
+            "routes[0].fields.statuz: unknown field `statuz`, expected one of `status`, `stage`, `progress`, `is_completed`, `task_id`".into(),
+        ),
+        // Missing keys.
+        ("[[routes]]\npath = \"/x\"".into(), "routes[0].name: missing".into()),
+        ("[[rules]]\nlevel = \"critical\"".into(), "rules[0].name: missing".into()),
+        (
+            "[[rules]]\nname = \"r\"\nlevel = \"critical\"".into(),
+            "rules[10].when: missing: a new rule needs `level` and `when` (or `enabled = false`)".into(),
+        ),
+        // Wrong types.
+        (
+            "[proxy]\nmax_headers = \"a\"".into(),
+            "proxy.max_headers: invalid type: string \"a\", expected a whole number".into(),
+        ),
+        (
+            "[proxy]\nmax_headers = -1".into(),
+            "proxy.max_headers: invalid value: integer `-1`, expected a whole number".into(),
+        ),
+        (
+            "proxy = 5".into(),
+            "proxy: invalid type: integer `5`, expected a table".into(),
+        ),
+        (
+            "[fields]\ntask_id = \"id\"".into(),
+            "fields.task_id: invalid type: string \"id\", expected an array".into(),
+        ),
+        (
+            "[tracker.rules.stage_regression]\nenabled = 1".into(),
+            "tracker.rules.stage_regression.enabled: invalid type: integer `1`, expected a boolean".into(),
+        ),
+        (
+            "rules = 5".into(),
+            "rules: invalid type: integer `5`, expected an array".into(),
+        ),
+        // Bad enumeration values.
+        (
+            "mode = \"repair\"".into(),
+            "mode: unknown variant `repair`, expected `fix` or `observe`".into(),
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nlevel = \"hi\"".into(),
+            "rules[0].level: unknown variant `hi`, expected one of `consistent`, `minor_issue`, `major_issue`, `critical`".into(),
+        ),
+        // Bad durations.
+        (
+            "[proxy]\nconnect_timeout = \"soon\"".into(),
+            "proxy.connect_timeout: invalid value: string \"soon\", expected a duration such as \"500ms\", \"30s\" or \"1h\"".into(),
+        ),
+        (
+            "[tracker]\nttl = 5".into(),
+            "tracker.ttl: invalid type: integer `5`, expected a duration such as \"500ms\", \"30s\" or \"1h\"".into(),
+        ),
+        // Bad addresses and URLs.
+        (
+            "listen = \"nope\"".into(),
+            "listen: not an address such as \"127.0.0.1:8080\"".into(),
+        ),
+        (
+            "admin_listen = 9464".into(),
+            "admin_listen: invalid type: integer `9464`, expected an address such as \"127.0.0.1:8080\"".into(),
+        ),
+        (
+            "upstream = \"https://x\"".into(),
+            "upstream: scheme \"https\" not supported, use http://".into(),
+        ),
+        (
+            "upstream = \"http://x/api\"".into(),
+            "upstream: must not carry a path or query; requests keep their own".into(),
+        ),
+        // TOML syntax: no key yet, so the position.
+        (
+            "listen = \"1.2.3.4:5\"\nlisten = \"1.2.3.4:6\"".into(),
+            "line 2, column 1: duplicate key `listen` in document root".into(),
+        ),
+        (
+            "[proxy\nx = 1".into(),
+            "line 1, column 7: invalid table header; expected `.`, `]`".into(),
+        ),
+        (
+            "listen =".into(),
+            "line 1, column 9: the file ends where a value is expected".into(),
+        ),
+        // What only validation and the compilers see.
+        (
+            "[proxy]\nmax_headers = 0".into(),
+            "proxy.max_headers: must be greater than 0".into(),
+        ),
+        (
+            "[[routes]]\nname = \"a\"\npath = \"/x\"\nmethod = \"G T\"".into(),
+            "routes[0].method: \"G T\" is not an HTTP method".into(),
+        ),
+        (
+            "[[routes]]\nname = \"a\"\npath = \"x\"".into(),
+            "routes[0].path: must start with '/'".into(),
+        ),
+        (
+            format!("{NEW_RULE}when = {{ progress = {{ is = \"90\" }} }}"),
+            "rules[10].when.progress.is: progress takes a number (or null), not \"90\"".into(),
+        ),
+    ];
+    for (text, line) in cases {
+        let err = check(&text).expect_err(&text);
+        assert_eq!(format!("{err}"), format!("config error: {line}"), "{text}");
     }
 }
 
@@ -90,11 +295,4 @@ fn tracker_rule_override_keeps_unset_keys() {
         (stage.enabled, stage.level, stage.fix),
         (true, Level::MajorIssue, false)
     );
-}
-
-#[test]
-fn shipped_config_file_is_the_defaults() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sidecar.toml");
-    let shipped = load(Some(&path)).expect("config/sidecar.toml is valid");
-    assert_eq!(shipped.to_toml(), Config::default().to_toml());
 }

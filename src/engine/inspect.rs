@@ -6,16 +6,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::Mode;
-
 use super::json::{self, Kind, RecordSpans, ValueSpan};
 use super::route::RouteSpec;
 use super::rules::RuleSet;
-use super::value::{record_state, slot_of, Slot, State, Val, FIELDS};
+use super::value::{record_state, slot_of, Slot, State, Val};
 use super::verdict::{
-    Fix, Inspection, Issue, Level, Outcome, RecordVerdict, SkipReason, TransitionFinding,
-    TransitionJudge,
+    Fix, Inspection, Issue, Outcome, RecordVerdict, SkipReason, TransitionFinding, TransitionJudge,
 };
+use super::vocab::{Field, Level, Mode};
 
 /// Rule name of the issue raised when a rule set's fixes keep changing a record.
 pub const FIX_NOT_CONVERGING: &str = "fix_not_converging";
@@ -179,7 +177,7 @@ fn fix_to_fixpoint<'a>(
                 }
                 fixes.push(Fix {
                     rule: rule.name.clone(),
-                    field: FIELDS[*slot],
+                    field: Field::ALL[*slot],
                     before: current.raw.to_string(),
                     after: value.raw.to_string(),
                 });

@@ -3,6 +3,12 @@
 //! Pure: no I/O, no async, no metrics, no `http` types. The proxy layer, the `inspect`
 //! command, the tests, the fuzzer and the benchmarks all call [`inspect`].
 //!
+//! It depends on nothing else in the crate: `config` builds on its vocabulary and schema.
+//!
+//! - `vocab`: [`Level`], [`Field`], [`Mode`], [`TransitionKind`]: the names rules, metrics and
+//!   the report share.
+//! - `schema`: the engine's input as the file spells it (task model, field keys, declarative
+//!   rules) and [`ConfigError`].
 //! - `json`: a validating scanner that records the spans of the records' top-level fields.
 //! - `route`: [`RouteSpec`], where a route's records are and what their fields are called.
 //! - `rules`: [`RuleSet`], the declarative rules compiled once.
@@ -13,16 +19,22 @@ mod inspect;
 mod json;
 mod route;
 mod rules;
+mod schema;
 mod value;
 mod verdict;
+mod vocab;
 
 pub use inspect::{inspect, FIX_NOT_CONVERGING};
 pub use route::RouteSpec;
 pub use rules::{RuleLabel, RuleSet};
-pub use verdict::{
-    Field, Fix, Inspection, Issue, Level, NoMemory, Outcome, RecordState, RecordVerdict,
-    SkipReason, TransitionFinding, TransitionJudge,
+pub use schema::{
+    Condition, ConfigError, Conjunction, FieldsConfig, ModelConfig, RuleConfig, When,
 };
+pub use verdict::{
+    Fix, Inspection, Issue, NoMemory, Outcome, RecordState, RecordVerdict, SkipReason,
+    TransitionFinding, TransitionJudge,
+};
+pub use vocab::{Field, Level, Mode, TransitionKind};
 
 #[cfg(test)]
 mod tests;

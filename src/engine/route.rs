@@ -1,8 +1,7 @@
 //! `RouteSpec`: where a route's records are, what its fields are called, and its mode.
 
-use std::sync::Arc;
-
-use crate::config::{ConfigError, FieldsConfig, Mode, RouteConfig};
+use super::schema::{ConfigError, FieldsConfig};
+use super::vocab::{Field, Mode};
 
 /// One step of a record pointer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +21,8 @@ pub(crate) struct KeyName {
     text: Box<str>,
     head: u64,
 }
+
+// === impl KeyName ===
 
 impl KeyName {
     fn new(text: &str) -> KeyName {
@@ -53,7 +54,6 @@ pub(crate) fn head(key: &[u8]) -> u64 {
 /// A route compiled for the engine: record selector, field keys, mode.
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
-    name: Arc<str>,
     mode: Mode,
     track: bool,
     /// Empty: the whole body is the record.
@@ -64,113 +64,49 @@ pub struct RouteSpec {
     pub(crate) task_ids: Vec<KeyName>,
 }
 
+// === impl RouteSpec ===
+
 impl RouteSpec {
-    /// Compiles one route; error keys read `routes[<name>].records` (use [`RouteSpec::compile_all`]
-    /// for index-based keys such as `routes[1].records`).
+    /// Compiles where a route's records are (`records`: `""`, `/data`, `/history/*`) and what
+    /// their fields are called. Error keys are relative to the route: `records`, `fields.stage`,
+    /// `fields.task_id[1]`.
     pub fn compile(
-        route: &RouteConfig,
-        fields: &FieldsConfig,
-        global_mode: Mode,
-    ) -> Result<RouteSpec, ConfigError> {
-        Self::compile_at(
-            &format!("routes[{}]", route.name),
-            route,
-            fields,
-            global_mode,
-        )
-    }
-
-    /// Compiles every route; errors name the key as `routes[i].…`.
-    pub fn compile_all(
-        routes: &[RouteConfig],
-        fields: &FieldsConfig,
-        global_mode: Mode,
-    ) -> Result<Vec<RouteSpec>, ConfigError> {
-        routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Self::compile_at(&format!("routes[{i}]"), r, fields, global_mode))
-            .collect()
-    }
-
-    /// A route whose record is the whole body, with the given fields and mode.
-    pub fn whole_body(
-        name: &str,
+        records: &str,
         fields: &FieldsConfig,
         mode: Mode,
+        track: bool,
     ) -> Result<RouteSpec, ConfigError> {
-        let route = RouteConfig {
-            name: name.into(),
-            method: "GET".into(),
-            path: "/".into(),
-            records: String::new(),
-            mode: Some(mode),
-            track: false,
-            fields: Default::default(),
-        };
-        Self::compile(&route, fields, mode)
-    }
-
-    fn compile_at(
-        prefix: &str,
-        route: &RouteConfig,
-        global: &FieldsConfig,
-        global_mode: Mode,
-    ) -> Result<RouteSpec, ConfigError> {
-        let selector = parse_pointer(&route.records)
-            .map_err(|problem| ConfigError::new(format!("{prefix}.records"), problem))?;
-        let fields = route.fields.apply(global);
-        // A key set on the route is reported there; an inherited one at the global table.
-        let key_of = |name: &str, overridden: bool| {
-            if overridden {
-                format!("{prefix}.fields.{name}")
-            } else {
-                format!("fields.{name}")
-            }
-        };
-        let o = &route.fields;
-        let named = [
-            ("status", &fields.status, o.status.is_some()),
-            ("stage", &fields.stage, o.stage.is_some()),
-            ("progress", &fields.progress, o.progress.is_some()),
-            (
-                "is_completed",
-                &fields.is_completed,
-                o.is_completed.is_some(),
-            ),
-        ];
-        for (i, (name, key, overridden)) in named.iter().enumerate() {
+        let selector =
+            parse_pointer(records).map_err(|problem| ConfigError::new("records", problem))?;
+        let named = Field::ALL.map(|field| (field, fields.key(field)));
+        for (i, (field, key)) in named.iter().enumerate() {
             if key.is_empty() {
                 return Err(ConfigError::new(
-                    key_of(name, *overridden),
+                    format!("fields.{field}"),
                     "must not be empty",
                 ));
             }
             // Two logical fields on one key would patch the same bytes twice.
-            if let Some((other, _, _)) = named[..i].iter().find(|(_, k, _)| k == key) {
+            if let Some((other, _)) = named[..i].iter().find(|(_, k)| k == key) {
                 return Err(ConfigError::new(
-                    key_of(name, *overridden),
+                    format!("fields.{field}"),
                     format!("{key:?} is already the key of {other}"),
                 ));
             }
         }
         for (i, id) in fields.task_id.iter().enumerate() {
             if id.is_empty() {
-                let key = key_of("task_id", o.task_id.is_some());
-                return Err(ConfigError::new(format!("{key}[{i}]"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("fields.task_id[{i}]"),
+                    "must not be empty",
+                ));
             }
         }
         Ok(RouteSpec {
-            name: route.name.as_str().into(),
-            mode: route.mode.unwrap_or(global_mode),
-            track: route.track,
+            mode,
+            track,
             selector,
-            keys: [
-                KeyName::new(&fields.status),
-                KeyName::new(&fields.stage),
-                KeyName::new(&fields.progress),
-                KeyName::new(&fields.is_completed),
-            ],
+            keys: named.map(|(_, key)| KeyName::new(key)),
             task_ids: fields.task_id.iter().map(|k| KeyName::new(k)).collect(),
         })
     }
@@ -178,10 +114,6 @@ impl RouteSpec {
     /// `fix` patches bodies; `observe` only judges them.
     pub fn mode(&self) -> Mode {
         self.mode
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Whether the route remembers tasks across polls (then callers pass a real judge).

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::config::{Condition, ConfigError, ModelConfig, RuleConfig, When};
-
-use super::value::{slot_of, Slot, State, Val, FIELDS};
-use super::verdict::{Field, Level};
+use super::schema::{Condition, ConfigError, ModelConfig, RuleConfig, When};
+use super::value::{slot_of, Slot, State, Val};
+use super::vocab::{Field, Level};
 
 /// The enabled rules in config order, with the enumerations `known` checks against.
 #[derive(Debug, Clone)]
@@ -76,12 +75,6 @@ impl RuleSet {
         })
     }
 
-    /// The built-in rules over the built-in model (`config::default_rules()`).
-    pub fn default_rules() -> RuleSet {
-        RuleSet::compile(&ModelConfig::default(), &crate::config::default_rules())
-            .expect("the built-in rules compile")
-    }
-
     /// Names of the enabled rules, in config order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| &*r.name)
@@ -96,12 +89,9 @@ impl RuleSet {
         })
     }
 
-    pub fn len(&self) -> usize {
+    /// How many rules are enabled: bounds the fixpoint's rounds.
+    pub(crate) fn len(&self) -> usize {
         self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
     }
 
     /// Whether `value` is in the enumeration of the field in `slot` (status or stage).
@@ -155,14 +145,17 @@ impl RuleSet {
 
 // === impl Rule ===
 
+/// A rule of a new name has no defaults to inherit these from.
+const MISSING: &str = "missing: a new rule needs `level` and `when` (or `enabled = false`)";
+
 impl Rule {
     fn compile(i: usize, config: &RuleConfig) -> Result<Rule, ConfigError> {
         let key = |k: &str| format!("rules[{i}].{k}");
         let level = config
             .level
-            .ok_or_else(|| ConfigError::new(key("level"), "missing"))?;
+            .ok_or_else(|| ConfigError::new(key("level"), MISSING))?;
         let when = match &config.when {
-            None => return Err(ConfigError::new(key("when"), "missing")),
+            None => return Err(ConfigError::new(key("when"), MISSING)),
             Some(When::All(all)) => vec![compile_conjunction(&key("when"), all)?],
             Some(When::Any(any)) if any.is_empty() => {
                 return Err(ConfigError::new(key("when"), "an empty list never matches"))
@@ -331,7 +324,7 @@ fn parse_template(text: &str) -> Vec<Part> {
     while let Some(open) = rest.find('{') {
         literal.push_str(&rest[..open]);
         let after = &rest[open..];
-        let hit = FIELDS.iter().enumerate().find(|(_, f)| {
+        let hit = Field::ALL.iter().enumerate().find(|(_, f)| {
             after[1..].starts_with(f.as_str()) && after[1 + f.as_str().len()..].starts_with('}')
         });
         match hit {

@@ -6,19 +6,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::config::{self, FieldsConfig, Mode, ModelConfig, RouteConfig};
+// The default rules and field keys are the shipped configuration's.
+use crate::config::{self, Config};
+use crate::settings::Settings;
 
 fn route(records: &str, mode: Mode) -> RouteSpec {
-    let config = RouteConfig {
-        name: "t".into(),
-        method: "GET".into(),
-        path: "/".into(),
-        records: records.into(),
-        mode: Some(mode),
-        track: false,
-        fields: Default::default(),
-    };
-    RouteSpec::compile(&config, &FieldsConfig::default(), Mode::Fix).expect("route compiles")
+    RouteSpec::compile(records, &Config::default().fields, mode, false).expect("route compiles")
+}
+
+fn default_rules() -> RuleSet {
+    let config = Config::default();
+    RuleSet::compile(&config.model, &config.rules).expect("the default rules compile")
 }
 
 fn run_with(rules: &RuleSet, records: &str, mode: Mode, body: &str) -> (Inspection, Bytes) {
@@ -28,7 +26,7 @@ fn run_with(rules: &RuleSet, records: &str, mode: Mode, body: &str) -> (Inspecti
 }
 
 fn run(body: &str) -> (Inspection, Bytes) {
-    run_with(&RuleSet::default_rules(), "", Mode::Fix, body)
+    run_with(&default_rules(), "", Mode::Fix, body)
 }
 
 fn verdicts(i: &Inspection) -> &[RecordVerdict] {
@@ -243,7 +241,7 @@ fn each_rule_fires_holds_and_fixes() {
             ),
         }
         // Observe mode: same verdict issues, no fixes, same buffer.
-        let (observed, input) = run_with(&RuleSet::default_rules(), "", Mode::Observe, body);
+        let (observed, input) = run_with(&default_rules(), "", Mode::Observe, body);
         assert_eq!(
             fired(&observed).contains(rule),
             fires,
@@ -257,7 +255,7 @@ fn each_rule_fires_holds_and_fixes() {
 #[test]
 fn every_default_rule_has_cases() {
     let names: BTreeSet<_> = RULE_CASES.iter().map(|c| c.0).collect();
-    let rules = RuleSet::default_rules();
+    let rules = default_rules();
     for name in rules.rule_names() {
         assert!(names.contains(name), "no cases for {name}");
     }
@@ -382,7 +380,7 @@ fn nested_fields_are_not_the_records() {
 
 #[test]
 fn record_pointers() {
-    let rules = RuleSet::default_rules();
+    let rules = default_rules();
     let bad = r#"{"status":"completed","stage":"init","progress":100,"is_completed":true}"#;
     let good = r#"{"status":"running","stage":"init","progress":5,"is_completed":false}"#;
 
@@ -427,7 +425,7 @@ fn record_pointers() {
 
 #[test]
 fn nothing_to_check_is_no_record() {
-    let rules = RuleSet::default_rules();
+    let rules = default_rules();
     for (records, body) in [
         ("/data", r#"{"code":0}"#),
         ("/data", r#"{"data":[1,2]}"#),
@@ -494,7 +492,7 @@ fn bad_input_is_unparseable_and_untouched() {
         let input = Bytes::from(body);
         for records in ["", "/data", "/history/*"] {
             let out = inspect(
-                &RuleSet::default_rules(),
+                &default_rules(),
                 &route(records, Mode::Fix),
                 &input,
                 &mut NoMemory,
@@ -765,11 +763,11 @@ fields = { stage = "phase" }
 "#,
     )
     .expect("parses");
-    let specs =
-        RouteSpec::compile_all(&config.routes, &config.fields, config.mode).expect("compiles");
+    let settings = Settings::compile(config).expect("compiles");
+    let spec = settings.routes.iter().next().expect("one route").spec();
     let body =
         Bytes::from_static(br#"{"data":{"id":7,"state":"completed","phase":"init","stage":"x"}}"#);
-    let out = inspect(&RuleSet::default_rules(), &specs[0], &body, &mut NoMemory);
+    let out = inspect(&default_rules(), spec, &body, &mut NoMemory);
     assert_eq!(
         &out.body[..],
         br#"{"data":{"id":7,"state":"completed","phase":"completed","stage":"x"}}"#
@@ -797,18 +795,6 @@ fn config_errors_name_the_key() {
         assert_eq!(err.key, key, "{text}: {err}");
         assert!(!err.to_string().contains('\n'));
     }
-    let route_cases = [
-        ("[[routes]]\nname = \"a\"\npath = \"/a\"\n[[routes]]\nname = \"b\"\npath = \"/b\"\nrecords = \"/x~2\"", "routes[1].records"),
-        ("[[routes]]\nname = \"a\"\npath = \"/a\"\nfields = { stage = \"status\" }", "routes[0].fields.stage"),
-        ("[fields]\nprogress = \"\"\n[[routes]]\nname = \"a\"\npath = \"/a\"", "fields.progress"),
-        ("[[routes]]\nname = \"a\"\npath = \"/a\"\nfields = { task_id = [\"id\", \"\"] }", "routes[0].fields.task_id[1]"),
-    ];
-    for (text, key) in route_cases {
-        let config = config::parse(text).expect(text);
-        let err =
-            RouteSpec::compile_all(&config.routes, &config.fields, config.mode).expect_err(text);
-        assert_eq!(err.key, key, "{text}: {err}");
-    }
 }
 
 #[test]
@@ -816,14 +802,16 @@ fn defaults_compile_and_are_thread_safe() {
     fn shareable<T: Send + Sync + std::fmt::Debug>() {}
     shareable::<RuleSet>();
     shareable::<RouteSpec>();
-    let rules =
-        RuleSet::compile(&ModelConfig::default(), &config::default_rules()).expect("compiles");
+    let rules = default_rules();
     assert_eq!(rules.rule_names().count(), 10);
-    let config = config::Config::default();
-    let specs =
-        RouteSpec::compile_all(&config.routes, &config.fields, Mode::Observe).expect("compiles");
-    assert_eq!(specs[2].name(), "test_history");
-    assert_eq!(specs[0].mode(), Mode::Observe);
+    let settings = Settings::compile(Config {
+        mode: Mode::Observe,
+        ..Config::default()
+    })
+    .expect("compiles");
+    let routes: Vec<_> = settings.routes.iter().collect();
+    assert_eq!(routes[2].name(), "test_history");
+    assert_eq!(routes[0].spec().mode(), Mode::Observe);
 }
 
 /// Records judge calls; proposes the given findings for every record.
@@ -876,12 +864,7 @@ fn transition_judge_sees_fixed_state_and_remembers_sent() {
         ],
         ..Default::default()
     };
-    let out = inspect(
-        &RuleSet::default_rules(),
-        &route("", Mode::Fix),
-        &body,
-        &mut judge,
-    );
+    let out = inspect(&default_rules(), &route("", Mode::Fix), &body, &mut judge);
     let v = &verdicts(&out)[0];
     // The judge saw the state after single-record fixes.
     assert_eq!(judge.judged[0].1.stage.as_deref(), Some("completed"));
@@ -916,12 +899,7 @@ fn transition_fix_applies_when_rules_allow() {
         )],
         ..Default::default()
     };
-    let out = inspect(
-        &RuleSet::default_rules(),
-        &route("", Mode::Fix),
-        &body,
-        &mut judge,
-    );
+    let out = inspect(&default_rules(), &route("", Mode::Fix), &body, &mut judge);
     assert_eq!(
         &out.body[..],
         br#"{"task_id":"t","status":"running","stage":"init","progress":60,"is_completed":false}"#
@@ -944,7 +922,7 @@ fn transition_fix_applies_when_rules_allow() {
         ..Default::default()
     };
     let out = inspect(
-        &RuleSet::default_rules(),
+        &default_rules(),
         &route("", Mode::Observe),
         &body,
         &mut judge,
@@ -959,7 +937,7 @@ fn records_without_task_id_are_not_judged() {
     let body = Bytes::from_static(br#"{"history":[{"status":"running","stage":"init"},{"execution_id":"e","status":"running","stage":"init"}]}"#);
     let mut judge = ScriptedJudge::default();
     inspect(
-        &RuleSet::default_rules(),
+        &default_rules(),
         &route("/history/*", Mode::Fix),
         &body,
         &mut judge,
@@ -967,4 +945,37 @@ fn records_without_task_id_are_not_judged() {
     let ids: Vec<_> = judge.judged.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["e"]);
     assert_eq!(judge.remembered.len(), 1);
+}
+
+/// The error on a misspelt `when` field lists the fields and conditions: all of them, so a
+/// condition added to `Condition` must be added to the message too.
+#[test]
+fn a_misspelt_when_field_lists_every_field_and_condition() {
+    let err = toml::from_str::<RuleConfig>("name = \"r\"\nwhen = { statuz = { is = 1 } }")
+        .expect_err("statuz is no field");
+    let message = err.message();
+    assert!(message.contains("unknown field `statuz`"), "{message}");
+    for field in Field::ALL {
+        assert!(message.contains(field.as_str()), "{field} in {message}");
+    }
+    let every = Condition {
+        present: Some(true),
+        is: Some(1.into()),
+        is_not: Some(1.into()),
+        one_of: Some(vec![]),
+        not_one_of: Some(vec![]),
+        known: Some(true),
+        number_in: Some([0.0, 1.0]),
+        not_number_in: Some([0.0, 1.0]),
+    };
+    let serde_json::Value::Object(conditions) = serde_json::to_value(every).expect("serializes")
+    else {
+        panic!("a condition serializes as an object")
+    };
+    for condition in conditions.keys() {
+        assert!(
+            message.contains(condition.as_str()),
+            "{condition} in {message}"
+        );
+    }
 }

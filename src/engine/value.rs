@@ -2,17 +2,10 @@
 
 use std::borrow::Cow;
 
-use super::verdict::{Field, RecordState};
+use super::verdict::RecordState;
+use super::vocab::Field;
 
-/// The logical fields in slot order; a record's state is one optional slot per field.
-pub(crate) const FIELDS: [Field; 4] = [
-    Field::Status,
-    Field::Stage,
-    Field::Progress,
-    Field::IsCompleted,
-];
-
-/// Slot index of a logical field.
+/// Slot index of a logical field: its place in [`Field::ALL`].
 pub(crate) fn slot_of(field: Field) -> usize {
     match field {
         Field::Status => 0,

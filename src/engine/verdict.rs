@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use crate::config::{Field, Level};
+use super::vocab::{Field, Level};
 
 /// The result of inspecting one body.
 #[derive(Debug, Clone)]

@@ -71,31 +71,30 @@ impl Inspector {
         let config = &settings.config;
         let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
         let book = Arc::new(ReportBook::new(config.inspect.recent_issues));
-        let labels: Vec<RouteLabels<'_>> = config
+        let labels: Vec<RouteLabels<'_>> = settings
             .routes
             .iter()
             .map(|route| RouteLabels {
-                name: &route.name,
+                name: route.name(),
                 rules: settings
                     .rules
                     .labels()
-                    .chain(tracker.rule_labels().filter(|_| route.track))
+                    .chain(tracker.rule_labels().filter(|_| route.spec().track()))
                     .collect(),
             })
             .collect();
         let metrics = InspectionMetrics::register(registry, &labels)?;
         TrackerCollector::register(registry, tracker.clone())?;
-        let routes = config
+        let routes = settings
             .routes
             .iter()
-            .zip(&settings.route_specs)
-            .map(|(route, spec)| InspectedRoute {
-                name: route.name.clone(),
-                spec: spec.clone(),
-                track: route.track,
+            .map(|route| InspectedRoute {
+                name: route.name().to_string(),
+                spec: route.spec().clone(),
+                track: route.spec().track(),
                 log: RouteIssueLog::new(
-                    &route.name,
-                    config.inspect.log_window.0,
+                    route.name(),
+                    config.inspect.log_window,
                     config.inspect.log_burst,
                 ),
             })

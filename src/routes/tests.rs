@@ -1,10 +1,15 @@
-//! Unit tests for route classification.
+//! Unit tests for route compilation and classification.
 
 use super::*;
-use crate::config::Config;
+use crate::config::{self, Config};
+
+fn compile(routes: &[RouteConfig]) -> Result<RouteTable, ConfigError> {
+    let config = Config::default();
+    RouteTable::compile(routes, &config.fields, config.mode)
+}
 
 fn table() -> RouteTable {
-    RouteTable::compile(&Config::default().routes).expect("default routes compile")
+    compile(&Config::default().routes).expect("default routes compile")
 }
 
 fn name(method: Method, path: &str) -> String {
@@ -48,8 +53,23 @@ fn percent_encoding_is_matched_as_sent() {
 fn bad_patterns_name_the_key() {
     let mut routes = Config::default().routes;
     routes[1].path = "/api/{}".into();
-    let err = RouteTable::compile(&routes).expect_err("empty param");
+    let err = compile(&routes).expect_err("empty param");
     assert_eq!(err.key, "routes[1].path");
     routes[1].path = "/api/x{id}".into();
-    assert!(RouteTable::compile(&routes).is_err());
+    assert!(compile(&routes).is_err());
+}
+
+#[test]
+fn engine_errors_name_the_route_or_the_global_key() {
+    let cases = [
+        ("[[routes]]\nname = \"a\"\npath = \"/a\"\n[[routes]]\nname = \"b\"\npath = \"/b\"\nrecords = \"/x~2\"", "routes[1].records"),
+        ("[[routes]]\nname = \"a\"\npath = \"/a\"\nfields = { stage = \"status\" }", "routes[0].fields.stage"),
+        ("[fields]\nprogress = \"\"\n[[routes]]\nname = \"a\"\npath = \"/a\"", "fields.progress"),
+        ("[[routes]]\nname = \"a\"\npath = \"/a\"\nfields = { task_id = [\"id\", \"\"] }", "routes[0].fields.task_id[1]"),
+    ];
+    for (text, key) in cases {
+        let config = config::parse(text).expect(text);
+        let err = RouteTable::compile(&config.routes, &config.fields, config.mode).expect_err(text);
+        assert_eq!(err.key, key, "{text}: {err}");
+    }
 }

@@ -46,8 +46,8 @@ impl Worker {
             app: sidecar.app(),
             pool: sidecar.pool.clone(),
             builder: Arc::new(connection_builder(&sidecar.settings)),
-            idle: proxy.client_idle_timeout.0,
-            grace: proxy.shutdown_grace.0,
+            idle: proxy.client_idle_timeout,
+            grace: proxy.shutdown_grace,
             stop,
         }
     }
@@ -117,7 +117,7 @@ fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
         .http1()
         // hyper enforces the header-read timeout only when it has a timer.
         .timer(TokioTimer::new())
-        .header_read_timeout(proxy.client_header_timeout.0)
+        .header_read_timeout(proxy.client_header_timeout)
         .max_buf_size(proxy.max_header_bytes)
         .max_headers(proxy.max_headers)
         .preserve_header_case(true);

@@ -66,7 +66,7 @@ pub async fn serve(
     let upkeep = tokio::spawn(upkeep::run(
         sidecar.inspector.clone(),
         sidecar.pool.clone(),
-        settings.config.inspect.report_interval.0,
+        settings.config.inspect.report_interval,
     ));
 
     shutdown.await;

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use super::shard::{Changes, Clock, Key, Shard};
 use super::transition::Transitions;
-use crate::config::{ModelConfig, TrackerConfig};
-use crate::engine::{RecordState, TransitionFinding, TransitionJudge};
+use crate::config::TrackerConfig;
+use crate::engine::{ModelConfig, RecordState, TransitionFinding, TransitionJudge};
 
 /// Most shards; enough that 64 busy threads rarely meet on one lock.
 const MAX_SHARDS: usize = 32;
@@ -101,7 +101,7 @@ impl TaskTracker {
             hasher: RandomState::new(),
             transitions: Transitions::new(config, model),
             capacity,
-            ttl_ms: u64::try_from(config.ttl.0.as_millis())
+            ttl_ms: u64::try_from(config.ttl.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
             epoch: Instant::now(),

@@ -7,10 +7,16 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::config::{
-    Field, Level, ModelConfig, TrackerConfig, TransitionKind, TransitionRuleConfig,
+use crate::config::{Config, TrackerConfig};
+use crate::engine::{
+    Field, Level, ModelConfig, RecordState, TransitionFinding, TransitionJudge, TransitionKind,
 };
-use crate::engine::{RecordState, TransitionFinding, TransitionJudge};
+
+/// The shipped defaults.
+fn defaults() -> (TrackerConfig, ModelConfig) {
+    let config = Config::default();
+    (config.tracker, config.model)
+}
 
 fn state(status: &str, stage: &str, progress: f64) -> RecordState {
     RecordState {
@@ -22,16 +28,15 @@ fn state(status: &str, stage: &str, progress: f64) -> RecordState {
 }
 
 fn tracker() -> TaskTracker {
-    TaskTracker::new(&TrackerConfig::default(), &ModelConfig::default())
+    let (config, model) = defaults();
+    TaskTracker::new(&config, &model)
 }
 
 fn tracker_with(capacity: usize, ttl: Duration) -> TaskTracker {
-    let config = TrackerConfig {
-        capacity,
-        ttl: ttl.into(),
-        ..TrackerConfig::default()
-    };
-    TaskTracker::new(&config, &ModelConfig::default())
+    let (mut config, model) = defaults();
+    config.capacity = capacity;
+    config.ttl = ttl;
+    TaskTracker::new(&config, &model)
 }
 
 /// One poll as the engine makes it: judge, then remember what was sent (here: as received).
@@ -106,15 +111,9 @@ fn stage_regression_fires_without_fix_by_default() {
 
 #[test]
 fn stage_regression_holds_the_last_stage_when_configured() {
-    let mut config = TrackerConfig::default();
-    config.rules.insert(
-        TransitionKind::StageRegression,
-        TransitionRuleConfig {
-            fix: Some(true),
-            ..Default::default()
-        },
-    );
-    let t = TaskTracker::new(&config, &ModelConfig::default());
+    let (mut config, model) = defaults();
+    config.rules.stage_regression.fix = true;
+    let t = TaskTracker::new(&config, &model);
     poll(&t, 0, "t1", &state("running", "source_tracing", 60.0));
     let findings = poll(&t, 0, "t1", &state("running", "init", 60.0));
     assert_eq!(rules(&findings), ["stage_regression"]);
@@ -181,15 +180,9 @@ fn terminal_reopened_fires_when_a_completed_task_runs_again() {
 
 #[test]
 fn terminal_reopened_fires_for_a_failed_task_and_has_no_fix_even_if_asked() {
-    let mut config = TrackerConfig::default();
-    config.rules.insert(
-        TransitionKind::TerminalReopened,
-        TransitionRuleConfig {
-            fix: Some(true),
-            ..Default::default()
-        },
-    );
-    let t = TaskTracker::new(&config, &ModelConfig::default());
+    let (mut config, model) = defaults();
+    config.rules.terminal_reopened.fix = true;
+    let t = TaskTracker::new(&config, &model);
     poll(&t, 0, "t1", &state("failed", "failed", 0.0));
     let findings = poll(&t, 0, "t1", &state("pending", "failed", 0.0));
     assert_eq!(rules(&findings), ["terminal_reopened"]);
@@ -333,26 +326,10 @@ fn memory_stores_what_was_sent_not_what_was_judged() {
 
 #[test]
 fn disabled_rules_and_configured_levels_are_honoured() {
-    let config = TrackerConfig {
-        rules: BTreeMap::from([
-            (
-                TransitionKind::ProgressRegression,
-                TransitionRuleConfig {
-                    enabled: Some(false),
-                    ..Default::default()
-                },
-            ),
-            (
-                TransitionKind::StageRegression,
-                TransitionRuleConfig {
-                    level: Some(Level::Critical),
-                    ..Default::default()
-                },
-            ),
-        ]),
-        ..TrackerConfig::default()
-    };
-    let t = TaskTracker::new(&config, &ModelConfig::default());
+    let (mut config, model) = defaults();
+    config.rules.progress_regression.enabled = false;
+    config.rules.stage_regression.level = Level::Critical;
+    let t = TaskTracker::new(&config, &model);
     poll(&t, 0, "t1", &state("running", "source_tracing", 80.0));
     let findings = poll(&t, 0, "t1", &state("running", "init", 10.0));
     assert_eq!(rules(&findings), ["stage_regression"]);

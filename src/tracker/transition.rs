@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::config::{ModelConfig, TrackerConfig, TransitionKind, TransitionRule};
-use crate::engine::{Field, RecordState, TransitionFinding};
+use crate::config::{TrackerConfig, TransitionRule};
+use crate::engine::{Field, ModelConfig, RecordState, TransitionFinding, TransitionKind};
 
 /// Code of a stage or status that is absent or outside the model.
 pub(crate) const UNKNOWN: u16 = u16::MAX;

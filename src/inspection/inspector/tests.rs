@@ -10,7 +10,7 @@ use prometheus::{Encoder, Registry};
 use tower::{service_fn, ServiceExt};
 
 use super::*;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::inspection::InspectLayer;
 use crate::routes::RouteTable;
 
@@ -32,7 +32,7 @@ fn harness(edit: impl FnOnce(&mut Config)) -> Harness {
     let settings = Settings::compile(config).expect("valid test config");
     let registry = Registry::new();
     let inspector = Arc::new(Inspector::new(&settings, &registry).expect("families register"));
-    let routes = RouteTable::compile(&settings.config.routes).unwrap();
+    let routes = settings.routes.clone();
     Harness {
         registry,
         inspector,
@@ -208,7 +208,7 @@ async fn fixed_header_names_the_rules_when_enabled() {
 
 #[tokio::test]
 async fn observe_mode_counts_but_never_touches() {
-    let h = harness(|c| c.mode = config::Mode::Observe);
+    let h = harness(|c| c.mode = crate::engine::Mode::Observe);
     let (_, body) = h.get("/test/status/t2", json_response(STALE_STAGE)).await;
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
     let issues = h.issues("completed_stage");

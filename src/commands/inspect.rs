@@ -5,22 +5,44 @@
 //! 64 bad configuration or unknown route.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use clap::Args;
 use serde_json::{json, Value};
 
-use crate::cli::{InspectArgs, EX_USAGE};
-use crate::config::{self, Level};
-use crate::engine::{self, Inspection, NoMemory, Outcome, RouteSpec, RuleSet};
+use super::{ConfigArgs, EX_USAGE};
+use crate::config;
+use crate::engine::{self, Inspection, Level, NoMemory, Outcome, RouteSpec, RuleSet};
 use crate::settings::Settings;
 
 const EXIT_ISSUES: u8 = 1;
 const EXIT_UNREADABLE: u8 = 2;
 
+/// Name shown for the whole-body route used when no route is configured.
+const WHOLE_BODY: &str = "inspect";
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Route whose record pointer, fields and mode apply [default: the first route].
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// Print only the patched body instead of the verdict.
+    #[arg(long)]
+    pub fixed: bool,
+    /// The JSON body; `-` or nothing reads stdin.
+    #[arg(value_name = "FILE")]
+    pub input: Option<PathBuf>,
+}
+
+/// Inspects the body and prints the verdict (or the patched body); the exit status is the
+/// verdict.
 pub fn run(args: &InspectArgs) -> ExitCode {
-    let (rules, route) = match compile(args) {
+    let (rules, name, route) = match compile(args) {
         Ok(compiled) => compiled,
         Err(message) => {
             eprintln!("consistency-sidecar: {message}");
@@ -38,7 +60,7 @@ pub fn run(args: &InspectArgs) -> ExitCode {
     let printed = if args.fixed {
         std::io::stdout().write_all(&inspection.body)
     } else {
-        let text = serde_json::to_string_pretty(&verdict_json(&route, &inspection))
+        let text = serde_json::to_string_pretty(&verdict_json(&name, &route, &inspection))
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
         writeln!(std::io::stdout(), "{text}")
     };
@@ -54,32 +76,31 @@ pub fn run(args: &InspectArgs) -> ExitCode {
     }
 }
 
-/// Loads the configuration and picks the chosen route (the first by default).
-fn compile(args: &InspectArgs) -> Result<(Arc<RuleSet>, RouteSpec), String> {
+/// Loads the configuration and picks the chosen route (the first by default): the rules, the
+/// route's name and its spec.
+fn compile(args: &InspectArgs) -> Result<(Arc<RuleSet>, String, RouteSpec), String> {
     let settings = config::load(args.config.config.as_deref())
         .and_then(Settings::compile)
         .map_err(|e| e.to_string())?;
-    let config = &settings.config;
-    let index = match &args.route {
-        Some(name) => Some(
-            config
-                .routes
-                .iter()
-                .position(|r| &r.name == name)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
-                    format!("unknown route {name:?} (configured: {})", known.join(", "))
-                })?,
-        ),
-        None => (!config.routes.is_empty()).then_some(0),
+    let mut routes = settings.routes.iter();
+    let route = match &args.route {
+        Some(name) => Some(routes.find(|r| r.name() == name).ok_or_else(|| {
+            let known: Vec<&str> = settings.routes.names().collect();
+            format!("unknown route {name:?} (configured: {})", known.join(", "))
+        })?),
+        None => routes.next(),
     };
-    let route = match index {
-        Some(i) => settings.route_specs[i].clone(),
+    let (name, spec) = match route {
+        Some(route) => (route.name().to_string(), route.spec().clone()),
         // No routes configured: judge the whole body.
-        None => RouteSpec::whole_body("inspect", &config.fields, config.mode)
-            .map_err(|e| e.to_string())?,
+        None => {
+            let config = &settings.config;
+            let spec = RouteSpec::compile("", &config.fields, config.mode, false)
+                .map_err(|e| e.to_string())?;
+            (WHOLE_BODY.to_string(), spec)
+        }
     };
-    Ok((settings.rules.clone(), route))
+    Ok((settings.rules.clone(), name, spec))
 }
 
 fn read_input(args: &InspectArgs) -> Result<Bytes, String> {
@@ -98,11 +119,11 @@ fn read_input(args: &InspectArgs) -> Result<Bytes, String> {
 }
 
 /// The verdict as the command prints it.
-fn verdict_json(route: &RouteSpec, inspection: &Inspection) -> Value {
+fn verdict_json(name: &str, route: &RouteSpec, inspection: &Inspection) -> Value {
     let mode = route.mode();
     match &inspection.outcome {
         Outcome::Skipped(reason) => json!({
-            "route": route.name(),
+            "route": name,
             "mode": mode,
             "skipped": reason.as_str(),
         }),
@@ -134,7 +155,7 @@ fn verdict_json(route: &RouteSpec, inspection: &Inspection) -> Value {
                 })
                 .collect();
             json!({
-                "route": route.name(),
+                "route": name,
                 "mode": mode,
                 "level": level,
                 "changed": records.iter().any(|r| !r.fixes.is_empty()),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,14 +21,30 @@ use tokio::net::TcpListener;
 
 use backend::{Backend, INJECTED_RULES};
 
-use crate::cli::DemoArgs;
-use crate::config::{Config, Mode};
-use crate::engine::{self, NoMemory, Outcome};
+use super::{admin_client, EX_USAGE};
+use crate::config::{Config, LogFormat};
+use crate::engine::{self, Mode, NoMemory, Outcome};
 use crate::report::Report;
 use crate::settings::Settings;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long the simulated clients poll.
+    #[arg(long, value_name = "DURATION", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Share of responses the stand-in backend makes inconsistent (0..=1).
+    #[arg(long, value_name = "RATE", default_value_t = 0.05)]
+    pub inject_rate: f64,
+    /// Simulated polling clients.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub clients: usize,
+    /// Keep serving after the summary until Ctrl-C, so the metrics and report URLs can be opened.
+    #[arg(long)]
+    pub keep_running: bool,
+}
 
 /// What the simulated front ends saw.
 #[derive(Debug, Default)]
@@ -38,12 +55,13 @@ struct ClientTally {
     tasks_finished: AtomicU64,
 }
 
+/// Runs the demo; a bad flag exits 64.
 pub fn run(args: &DemoArgs) -> ExitCode {
     if !(0.0..=1.0).contains(&args.inject_rate) || args.clients == 0 {
         eprintln!(
             "consistency-sidecar: --inject-rate must be within 0..=1 and --clients at least 1"
         );
-        return ExitCode::from(crate::cli::EX_USAGE);
+        return ExitCode::from(EX_USAGE);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -64,7 +82,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
 async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     // Issues are logged one event each; in a demo that would drown the story, so only errors
     // show unless RUST_LOG asks for more.
-    crate::logging::init_with_default(crate::config::LogFormat::Text, "error");
+    crate::logging::init_with_default(LogFormat::Text, "error");
 
     let backend = Backend::new(args.inject_rate, 42);
     let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -128,11 +146,11 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     }
 
     let admin_url = format!("http://{admin_addr}");
-    let report_text = crate::admin_client::fetch_text(&format!("{admin_url}/report")).await?;
+    let report_text = admin_client::fetch_text(&format!("{admin_url}/report")).await?;
     let report: Report = serde_json::from_str(
-        &crate::admin_client::fetch_text(&format!("{admin_url}/report.json")).await?,
+        &admin_client::fetch_text(&format!("{admin_url}/report.json")).await?,
     )?;
-    let metrics = crate::admin_client::fetch_text(&format!("{admin_url}/metrics")).await?;
+    let metrics = admin_client::fetch_text(&format!("{admin_url}/metrics")).await?;
     println!("\n{report_text}");
     summarise(&backend, &tally, &report, &metrics);
 
@@ -205,7 +223,10 @@ async fn front_end(
         ..Config::default()
     });
     let Ok(judge) = judge else { return };
-    let status_route = &judge.route_specs[0];
+    // The default configuration's first route is `task_status`.
+    let Some(status_route) = judge.routes.iter().next().map(|r| r.spec()) else {
+        return;
+    };
     let mut round = 0usize;
     while Instant::now() < deadline {
         round += 1;

@@ -1,0 +1,46 @@
+//! The subcommands: each module holds its `clap::Args` and its `run()`, which returns the exit
+//! status. `cli` only composes them; nothing here imports `cli`.
+//!
+//! - `run`: the proxy (the default command).
+//! - `check_config`: validate a file and print the effective configuration.
+//! - `inspect`: the engine on one body from a file or stdin.
+//! - `report`: the report of a running sidecar, fetched from its admin port.
+//! - `demo`: a stand-in backend, the sidecar and polling clients, in one process.
+//! - `admin_client`: the small HTTP GET behind `report` and `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::config::ConfigError;
+
+mod admin_client;
+pub mod check_config;
+pub mod demo;
+pub mod inspect;
+pub mod report;
+pub mod run;
+
+/// Exit code for bad flags or configuration (sysexits' EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+
+/// `--config`, shared by the commands that read a configuration.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file; without it the built-in defaults (legacy backend) apply.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "CONSISTENCY_SIDECAR_CONFIG",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+}
+
+/// Reports a bad configuration or flag as one line and exits with [`EX_USAGE`].
+fn usage_error(err: &ConfigError) -> ExitCode {
+    eprintln!("consistency-sidecar: {err}");
+    ExitCode::from(EX_USAGE)
+}
