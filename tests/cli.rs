@@ -5,22 +5,13 @@ mod support;
 
 use std::process::{Command, Output};
 
-use support::standin::{get, Sidecar, StandIn};
+use support::{free_port, get, Sidecar, StandIn};
 
 fn sidecar(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
         .args(args)
         .output()
         .expect("the binary runs")
-}
-
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "consistency-sidecar-cli-{}-{name}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&path, text).expect("write config");
-    path
 }
 
 #[test]
@@ -77,10 +68,12 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
         ),
         ("unknown", "lisen = \"127.0.0.1:1\"\n", "lisen"),
     ];
+    let dir = tempfile::tempdir().expect("temp dir");
     for (name, text, key) in cases {
-        let path = write_config(name, text);
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write config");
         for command in ["check-config", "run"] {
-            let out = sidecar(&[command, "--config", path.to_str().unwrap()]);
+            let out = sidecar(&[command, "--config", path.to_str().expect("UTF-8 path")]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{command} {name}: {stderr}");
             assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
@@ -89,7 +82,6 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
                 "{command} {name} names {key}: {stderr}"
             );
         }
-        let _ = std::fs::remove_file(path);
     }
     let out = sidecar(&["run", "--listen", "not-an-address"]);
     assert_eq!(out.status.code(), Some(64));
@@ -99,21 +91,21 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
 
 #[test]
 fn report_of_a_sidecar_that_is_not_running_fails_clearly() {
-    let port = support::standin::free_port();
-    let out = sidecar(&["report", "--admin", &format!("http://127.0.0.1:{port}")]);
+    let nothing = free_port();
+    let out = sidecar(&["report", "--admin", &format!("http://{nothing}")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot fetch"));
 }
 
 #[tokio::test]
 async fn report_command_reads_a_running_sidecar() {
-    let Some(standin) = StandIn::start(&[]) else {
+    let Some(standin) = StandIn::start(&[]).await else {
         return;
     };
-    let sidecar_process = Sidecar::start(standin.port, "").await;
-    let (status, _, _) = get(sidecar_process.proxy, "/test/status/__inconsistent").await;
+    let sidecar_process = Sidecar::start(&standin.url(), "").await;
+    let (status, _, _) = get(&sidecar_process.url("/test/status/__inconsistent")).await;
     assert_eq!(status, 200);
-    let admin = format!("http://{}", sidecar_process.admin);
+    let admin = sidecar_process.admin_url("");
     let text = tokio::task::spawn_blocking({
         let admin = admin.clone();
         move || sidecar(&["report", "--admin", &admin])
@@ -138,62 +130,30 @@ async fn report_command_reads_a_running_sidecar() {
 
 #[tokio::test]
 async fn json_logs_carry_each_fix_as_one_structured_event() {
-    use std::io::{BufRead, BufReader};
-    let Some(standin) = StandIn::start(&[]) else {
+    let Some(standin) = StandIn::start(&[]).await else {
         return;
     };
-    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], support::standin::free_port()));
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], support::standin::free_port()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
-        .args(["run", "--log-format", "json"])
-        .args(["--upstream", &format!("http://127.0.0.1:{}", standin.port)])
-        .args([
-            "--listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sidecar starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let lines = std::thread::spawn(move || {
-        // Bounded: the sidecar is killed below, which ends the stream.
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .take(50)
-            .collect::<Vec<_>>()
-    });
-    let mut ready = false;
-    for _ in 0..100 {
-        if support::standin::try_get(admin, "/healthz").await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ready, "sidecar came up");
-    let (status, _, _) = get(proxy, "/test/status/__inconsistent").await;
+    let sidecar = Sidecar::launch(&standin.url(), "", &["--log-format", "json"], "info").await;
+    let (status, _, _) = get(&sidecar.url("/test/status/__inconsistent")).await;
     assert_eq!(status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let events: Vec<serde_json::Value> = lines
-        .join()
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let event = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let issue = sidecar
+        .wait_for_log("the issue event", |line| {
+            Some(event(line)).filter(|e| e["message"] == "consistency issue")
+        })
+        .await;
+    let fix = sidecar
+        .wait_for_log("the fix event", |line| {
+            Some(event(line)).filter(|e| e["message"] == "consistency fix applied")
+        })
+        .await;
+    let events: Vec<serde_json::Value> = sidecar.log().iter().map(|l| event(l)).collect();
     assert!(
         events.iter().any(|e| e["message"] == "listening"),
         "{events:?}"
     );
-    let fix = events
-        .iter()
-        .find(|e| e["message"] == "consistency fix applied")
-        .unwrap_or_else(|| panic!("a fix event in {events:?}"));
     assert_eq!(fix["route"], "task_status");
     assert_eq!(fix["rule"], "completed_stage");
     assert_eq!(fix["after"], "\"completed\"");
@@ -201,10 +161,6 @@ async fn json_logs_carry_each_fix_as_one_structured_event() {
         fix["task_id"].is_string() && fix["before"].is_string(),
         "{fix}"
     );
-    let issue = events
-        .iter()
-        .find(|e| e["message"] == "consistency issue")
-        .unwrap_or_else(|| panic!("an issue event in {events:?}"));
     assert_eq!(issue["level"], "WARN");
     assert_eq!(issue["severity"], "minor_issue");
     assert_eq!(issue["rule"], "completed_stage");
