@@ -283,6 +283,8 @@ async fn relabelled_scrapes_feed_the_recording_rules() {
         scalar(prom, &checks).await.filter(|v| *v == 0.0)
     })
     .await;
+    let up = format!(r#"up{{job="{JOB}"}}"#);
+    assert_eq!(scalar(prom, &up).await, Some(1.0), "{up}");
     let series = query(prom, &checks).await;
     let labels = &series[0]["metric"];
     assert_eq!(labels["pod"], "p1", "{labels}");
