@@ -11,10 +11,13 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::deploy::{deploy, listening_on, read, yaml, Node};
-use support::{get, post_json, repo, run_ok, tool, try_get, wait_for, Process, Sidecar, StandIn};
+use support::{
+    get, post_json, repo, run_ok, tool, try_get, wait_for, Process, Sidecar, StandIn, PATIENCE,
+};
 
 const JOB: &str = "consistency-sidecar";
 const ROUTES: [&str; 3] = ["task_status", "test_progress", "test_history"];
@@ -97,7 +100,13 @@ fn pods(admin: SocketAddr) -> Vec<FakePod<'static>> {
     let template = &deployment["spec"]["template"];
     let sidecar = template["spec"]["containers"].find("name", "consistency-sidecar");
     let admin_port = sidecar["ports"].find("name", "admin")["containerPort"].as_i64();
-    let annotations: Vec<(String, String)> = template["metadata"]["annotations"]
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].str().parse().ok(),
+        admin_port,
+        "the port annotation names the sidecar's admin port"
+    );
+    let annotations: Vec<(String, String)> = annotations
         .as_hash()
         .expect("annotations")
         .iter()
@@ -109,7 +118,6 @@ fn pods(admin: SocketAddr) -> Vec<FakePod<'static>> {
             .iter_mut()
             .find(|(k, _)| k == key)
             .unwrap_or_else(|| panic!("the pod template has no {key} annotation"));
-        assert!(key != "prometheus.io/port" || Some(slot.1.parse().ok()) == Some(admin_port));
         slot.1 = value;
         changed
     };
@@ -168,6 +176,28 @@ async fn scalar(prom: SocketAddr, q: &str) -> Option<f64> {
     match query(prom, q).await.as_slice() {
         [one] => one["value"][1].as_str()?.parse().ok(),
         _ => None,
+    }
+}
+
+/// Equal but for float rounding.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+/// Waits until the query `q` has one series, of value `want`; fails with what it has instead.
+async fn wait_value(prom: SocketAddr, server: &Process, q: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got = scalar(prom, q).await;
+        if got.is_some_and(|v| close(v, want)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{q} is {got:?}, not {want}, after {PATIENCE:?}{}",
+            server.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -279,10 +309,7 @@ async fn relabelled_scrapes_feed_the_recording_rules() {
 
     // A first scrape, before any traffic: every counter starts at 0 inside the rate windows.
     let checks = format!(r#"consistency_checks_total{{job="{JOB}",route="task_status"}}"#);
-    wait_for("a scrape of the idle sidecar", || async {
-        scalar(prom, &checks).await.filter(|v| *v == 0.0)
-    })
-    .await;
+    wait_value(prom, &server, &checks, 0.0).await;
     let up = format!(r#"up{{job="{JOB}"}}"#);
     assert_eq!(scalar(prom, &up).await, Some(1.0), "{up}");
     let series = query(prom, &checks).await;
@@ -309,24 +336,15 @@ async fn relabelled_scrapes_feed_the_recording_rules() {
 
     // The recorded ratios over the scraped series are the ledger's, route by route: the whole
     // run lies inside the 20s window standing for 30m, so rate() cancels out of each ratio.
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     for route in ROUTES {
         let (c, r) = expected(route);
         let q = format!(
             r#"job_route:consistency_consistent_records:ratio_rate30m{{job="{JOB}",route="{route}"}}"#
         );
-        wait_for(&format!("{q} = {c}/{r}"), || async {
-            scalar(prom, &q).await.filter(|v| close(*v, c / r))
-        })
-        .await;
+        wait_value(prom, &server, &q, c / r).await;
     }
     let q = format!(r#"job:consistency_consistent_records:ratio_rate30m{{job="{JOB}"}}"#);
-    wait_for(&format!("{q} = {consistent}/{records}"), || async {
-        scalar(prom, &q)
-            .await
-            .filter(|v| close(*v, consistent / records))
-    })
-    .await;
+    wait_value(prom, &server, &q, consistent / records).await;
     // Aggregated to the job: the pod, namespace and instance labels are summed away.
     let recorded = query(prom, &q).await;
     let mut names: Vec<&str> = recorded[0]["metric"]
