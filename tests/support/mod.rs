@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::*;
-pub use process::{free_port, in_ci, run, run_ok, tool, Process};
+pub use process::{free_port, run, run_ok, tool, Process};
 pub use scrape::Scrape;
 pub use sidecar::Sidecar;
 pub use standin::{EchoUpstream, StandIn};
