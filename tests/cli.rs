@@ -133,20 +133,17 @@ async fn json_logs_carry_each_fix_as_one_structured_event() {
     let Some(standin) = StandIn::start(&[]).await else {
         return;
     };
-    let sidecar = Sidecar::launch(&standin.url(), "", &["--log-format", "json"], "info").await;
+    let sidecar =
+        Sidecar::launch(&standin.url(), "", &["--log-format", "json"], Some("info")).await;
     let (status, _, _) = get(&sidecar.url("/test/status/__inconsistent")).await;
     assert_eq!(status, 200);
     let event = |line: &str| -> serde_json::Value {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     };
-    let issue = sidecar
-        .wait_for_log("the issue event", |line| {
-            Some(event(line)).filter(|e| e["message"] == "consistency issue")
-        })
-        .await;
+    // The issue and its fix, in one event.
     let fix = sidecar
         .wait_for_log("the fix event", |line| {
-            Some(event(line)).filter(|e| e["message"] == "consistency fix applied")
+            Some(event(line)).filter(|e| e["message"] == "consistency issue fixed")
         })
         .await;
     let events: Vec<serde_json::Value> = sidecar.log().iter().map(|l| event(l)).collect();
@@ -161,10 +158,9 @@ async fn json_logs_carry_each_fix_as_one_structured_event() {
         fix["task_id"].is_string() && fix["before"].is_string(),
         "{fix}"
     );
-    assert_eq!(issue["level"], "WARN");
-    assert_eq!(issue["severity"], "minor_issue");
-    assert_eq!(issue["rule"], "completed_stage");
-    assert_eq!(issue["detail"], "status=completed but stage=source_tracing");
+    assert_eq!(fix["level"], "WARN");
+    assert_eq!(fix["severity"], "minor_issue");
+    assert_eq!(fix["detail"], "status=completed but stage=source_tracing");
 }
 
 /// Runs `inspect` with `body` on stdin.

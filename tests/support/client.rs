@@ -60,23 +60,47 @@ pub async fn request_h2c(request: Request<TestBody>) -> Result<Response<Incoming
     request_with(request, true).await
 }
 
+/// A keep-alive HTTP/1.1 connection: requests go one after another on it, each exactly as
+/// built (see [`request_on`]).
+pub type Connection = hyper::client::conn::http1::SendRequest<TestBody>;
+
+/// Opens a [`Connection`] to `addr` (upgrades allowed).
+pub async fn connect(addr: SocketAddr) -> Result<Connection, BoxError> {
+    let opening = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection.with_upgrades());
+        Ok::<_, BoxError>(sender)
+    };
+    match tokio::time::timeout(PATIENCE, opening).await {
+        Ok(connection) => connection,
+        Err(_) => Err(format!("no connection within {PATIENCE:?}").into()),
+    }
+}
+
+/// Sends `request` on `connection` once it is ready; returns the head.
+pub async fn request_via(
+    connection: &mut Connection,
+    request: Request<TestBody>,
+) -> Result<Response<Incoming>, BoxError> {
+    let exchange = async {
+        connection.ready().await?;
+        Ok::<_, BoxError>(connection.send_request(request).await?)
+    };
+    match tokio::time::timeout(PATIENCE, exchange).await {
+        Ok(response) => response,
+        Err(_) => Err(format!("no response head within {PATIENCE:?}").into()),
+    }
+}
+
 /// Sends `request` exactly as built over a fresh HTTP/1.1 connection to `addr`: the request
 /// target is the URI as given (absolute- or authority-form included) and no Host is added.
 pub async fn request_on(
     addr: SocketAddr,
     request: Request<TestBody>,
 ) -> Result<Response<Incoming>, BoxError> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection.with_upgrades());
-        Ok::<_, BoxError>(sender.send_request(request).await?)
-    };
-    match tokio::time::timeout(PATIENCE, exchange).await {
-        Ok(response) => response,
-        Err(_) => Err(format!("no response head within {PATIENCE:?}").into()),
-    }
+    request_via(&mut connect(addr).await?, request).await
 }
 
 /// Reads a whole response body (trailers dropped), bounded by [`PATIENCE`].

@@ -33,12 +33,18 @@ impl Sidecar {
     /// `http://127.0.0.1:5000`) with `config` as its TOML file (`""`: the defaults), proxy and
     /// admin on 127.0.0.1:0.
     pub async fn start(upstream: &str, config: &str) -> Sidecar {
-        Sidecar::launch(upstream, config, &[], QUIET).await
+        Sidecar::launch(upstream, config, &[], Some(QUIET)).await
     }
 
-    /// Like [`Sidecar::start`], with extra `run` arguments and a `RUST_LOG` filter (which must
-    /// let `consistency_sidecar::server`'s info through: the handshake reads it).
-    pub async fn launch(upstream: &str, config: &str, args: &[&str], log_filter: &str) -> Sidecar {
+    /// Like [`Sidecar::start`], with extra `run` arguments and a `RUST_LOG` filter (`None`: the
+    /// binary's default). The filter must let `consistency_sidecar::server`'s info through: the
+    /// handshake reads it.
+    pub async fn launch(
+        upstream: &str,
+        config: &str,
+        args: &[&str],
+        log_filter: Option<&str>,
+    ) -> Sidecar {
         let file = tempfile::Builder::new()
             .prefix("sidecar-")
             .suffix(".toml")
@@ -51,8 +57,11 @@ impl Sidecar {
             .args(["--upstream", upstream])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", log_filter)
+            .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
+        if let Some(filter) = log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
         let process = Process::spawn("sidecar", cmd);
         let (addr, admin) = process
             .wait_for_line("its `listening` line", listening)
