@@ -179,12 +179,3 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
         .expect("server closes in time");
     out
 }
-
-/// The status line and header lines of a raw response.
-pub fn raw_head(response: &[u8]) -> String {
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("complete head");
-    String::from_utf8_lossy(&response[..end]).to_string()
-}

@@ -177,13 +177,6 @@ impl Process {
         }
     }
 
-    /// Fails the test if the child has already exited (it should be serving).
-    pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited early ({status}){}", self.name, self.tail());
-        }
-    }
-
     /// Sends SIGTERM through `kill` (found with [`tool`]): no unsafe code, no extra crate.
     pub fn terminate(&self, kill: &Path) {
         let status = Command::new(kill)

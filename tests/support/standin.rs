@@ -55,10 +55,6 @@ impl StandIn {
         Some(StandIn { server })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr
-    }
-
     /// The base URL, the sidecar's upstream.
     pub fn url(&self) -> String {
         format!("http://{}", self.server.addr)
@@ -69,11 +65,6 @@ impl StandIn {
         let (status, _, body) = get(&format!("{}/__ledger", self.url())).await;
         assert_eq!(status, 200);
         serde_json::from_slice(&body).expect("ledger is JSON")
-    }
-
-    /// The last lines of its output, for failure messages.
-    pub fn tail(&self) -> String {
-        self.server.process.tail()
     }
 }
 
