@@ -5,22 +5,13 @@ mod support;
 
 use std::process::{Command, Output};
 
-use support::standin::{get, Sidecar, StandIn};
+use support::{free_port, get, Sidecar, StandIn};
 
 fn sidecar(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
         .args(args)
         .output()
         .expect("the binary runs")
-}
-
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "consistency-sidecar-cli-{}-{name}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&path, text).expect("write config");
-    path
 }
 
 #[test]
@@ -77,10 +68,12 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
         ),
         ("unknown", "lisen = \"127.0.0.1:1\"\n", "lisen"),
     ];
+    let dir = tempfile::tempdir().expect("temp dir");
     for (name, text, key) in cases {
-        let path = write_config(name, text);
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write config");
         for command in ["check-config", "run"] {
-            let out = sidecar(&[command, "--config", path.to_str().unwrap()]);
+            let out = sidecar(&[command, "--config", path.to_str().expect("UTF-8 path")]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{command} {name}: {stderr}");
             assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
@@ -89,7 +82,6 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
                 "{command} {name} names {key}: {stderr}"
             );
         }
-        let _ = std::fs::remove_file(path);
     }
     let out = sidecar(&["run", "--listen", "not-an-address"]);
     assert_eq!(out.status.code(), Some(64));
@@ -99,21 +91,21 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
 
 #[test]
 fn report_of_a_sidecar_that_is_not_running_fails_clearly() {
-    let port = support::standin::free_port();
-    let out = sidecar(&["report", "--admin", &format!("http://127.0.0.1:{port}")]);
+    let nothing = free_port();
+    let out = sidecar(&["report", "--admin", &format!("http://{nothing}")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot fetch"));
 }
 
 #[tokio::test]
 async fn report_command_reads_a_running_sidecar() {
-    let Some(standin) = StandIn::start(&[]) else {
+    let Some(standin) = StandIn::start(&[]).await else {
         return;
     };
-    let sidecar_process = Sidecar::start(standin.port, "").await;
-    let (status, _, _) = get(sidecar_process.proxy, "/test/status/__inconsistent").await;
+    let sidecar_process = Sidecar::start(&standin.url(), "").await;
+    let (status, _, _) = get(&sidecar_process.url("/test/status/__inconsistent")).await;
     assert_eq!(status, 200);
-    let admin = format!("http://{}", sidecar_process.admin);
+    let admin = sidecar_process.admin_url("");
     let text = tokio::task::spawn_blocking({
         let admin = admin.clone();
         move || sidecar(&["report", "--admin", &admin])
@@ -137,73 +129,38 @@ async fn report_command_reads_a_running_sidecar() {
 }
 
 #[tokio::test]
-async fn json_logs_carry_each_issue_and_its_fix_as_one_structured_event() {
-    use std::io::{BufRead, BufReader};
-    let Some(standin) = StandIn::start(&[]) else {
+async fn json_logs_carry_each_fix_as_one_structured_event() {
+    let Some(standin) = StandIn::start(&[]).await else {
         return;
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
-        .args(["run", "--log-format", "json"])
-        .args(["--upstream", &format!("http://127.0.0.1:{}", standin.port)])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("sidecar starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tell, listening) = std::sync::mpsc::channel();
-    let lines = std::thread::spawn(move || {
-        // Bounded: the sidecar is killed below, which ends the stream.
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .take(50)
-        {
-            if line.contains("\"listening\"") {
-                let _ = tell.send(line.clone());
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    // The addresses it bound, from the line it logs once it listens: no port is guessed.
-    let line = listening
-        .recv_timeout(std::time::Duration::from_secs(15))
-        .expect("sidecar listens");
-    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-    let proxy: std::net::SocketAddr = event["proxy"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .expect("proxy address");
-    let (status, _, _) = get(proxy, "/test/status/__inconsistent").await;
+    let sidecar =
+        Sidecar::launch(&standin.url(), "", &["--log-format", "json"], Some("info")).await;
+    let (status, _, _) = get(&sidecar.url("/test/status/__inconsistent")).await;
     assert_eq!(status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let events: Vec<serde_json::Value> = lines
-        .join()
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let event = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    // The issue and its fix, in one event.
+    let fix = sidecar
+        .wait_for_log("the fix event", |line| {
+            Some(event(line)).filter(|e| e["message"] == "consistency issue fixed")
+        })
+        .await;
+    let events: Vec<serde_json::Value> = sidecar.log().iter().map(|l| event(l)).collect();
     assert!(
         events.iter().any(|e| e["message"] == "listening"),
         "{events:?}"
     );
-    // One event per issue, carrying its fix: task, rule, field, before -> after.
-    let issue = events
-        .iter()
-        .find(|e| e["message"] == "consistency issue fixed" && e["rule"] == "completed_stage")
-        .unwrap_or_else(|| panic!("a fixed-issue event in {events:?}"));
-    assert_eq!(issue["level"], "WARN");
-    assert_eq!(issue["route"], "task_status");
-    assert_eq!(issue["severity"], "minor_issue");
-    assert_eq!(issue["detail"], "status=completed but stage=source_tracing");
-    assert_eq!(issue["field"], "stage");
-    assert_eq!(issue["before"], "\"source_tracing\"");
-    assert_eq!(issue["after"], "\"completed\"");
-    assert!(issue["task_id"].is_string(), "{issue}");
+    assert_eq!(fix["route"], "task_status");
+    assert_eq!(fix["rule"], "completed_stage");
+    assert_eq!(fix["after"], "\"completed\"");
+    assert!(
+        fix["task_id"].is_string() && fix["before"].is_string(),
+        "{fix}"
+    );
+    assert_eq!(fix["level"], "WARN");
+    assert_eq!(fix["severity"], "minor_issue");
+    assert_eq!(fix["detail"], "status=completed but stage=source_tracing");
 }
 
 /// Runs `inspect` with `body` on stdin.
@@ -217,13 +174,12 @@ fn inspect(args: &[&str], body: &str) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    // A command that refuses its arguments exits without reading stdin: a broken pipe here is
-    // that, and the exit code tells the rest.
-    let _ = child
+    child
         .stdin
         .take()
         .expect("piped stdin")
-        .write_all(body.as_bytes());
+        .write_all(body.as_bytes())
+        .expect("write stdin");
     child.wait_with_output().expect("inspect finishes")
 }
 

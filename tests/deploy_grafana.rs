@@ -1,12 +1,13 @@
 //! `deploy/grafana/dashboard.json`: a fixed uid, templated datasource/job/instance, the panels
 //! the issue lists, and every query valid PromQL (checked by promtool) over documented metrics.
 
-mod deploy_support;
+mod support;
 
 use std::collections::BTreeSet;
 
-use deploy_support::{deploy, read, repo, run_ok, tool, yaml, TempDir};
 use serde_json::Value;
+use support::deploy::{deploy, read, yaml, Node};
+use support::{repo, run_ok, tool};
 
 fn dashboard() -> Value {
     serde_json::from_str(&read(&deploy("grafana/dashboard.json"))).expect("dashboard.json is JSON")
@@ -122,10 +123,8 @@ fn dashboard_is_templated_with_a_fixed_uid() {
     // Alerts link here.
     let rules = read(&deploy("prometheus/rules.yml"));
     assert!(rules.contains("dashboard: /d/consistency-sidecar/"));
-    let provider = yaml::parse(&read(&deploy(
-        "grafana/provisioning/dashboards/consistency-sidecar.yaml",
-    )));
-    assert_eq!(provider.get("providers").seq()[0].get("type").str(), "file");
+    let provider = yaml("grafana/provisioning/dashboards/consistency-sidecar.yaml");
+    assert_eq!(provider["providers"][0]["type"].str(), "file");
 }
 
 #[test]
@@ -167,8 +166,9 @@ fn dashboard_queries_are_valid_promql() {
             e.replace('\'', "''")
         ));
     }
-    let tmp = TempDir::new("deploy-grafana");
-    let path = tmp.write("dashboard-queries.yml", &file);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let path = tmp.path().join("dashboard-queries.yml");
+    std::fs::write(&path, file).expect("write the queries");
     run_ok(
         &promtool,
         &["check", "rules", path.to_str().unwrap()],

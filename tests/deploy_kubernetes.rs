@@ -2,19 +2,21 @@
 //! paths, names, the config path and the scrape settings agree with each other and with what the
 //! sidecar's own config parser accepts.
 
-mod deploy_support;
+mod support;
 
 use std::net::SocketAddr;
 
 use consistency_sidecar::config::{self, Config};
 use consistency_sidecar::settings::Settings;
-use deploy_support::yaml::{self, Yaml};
-use deploy_support::{deploy, read, repo, run, TempDir};
+use support::deploy::{deploy, read, yaml, Node};
+use support::process::on_path;
+use support::{repo, run};
+use yaml_rust2::Yaml;
 
 const CONFIG_PATH: &str = "/etc/consistency-sidecar/sidecar.toml";
 
 fn manifest(name: &str) -> Yaml {
-    yaml::parse(&read(&deploy(&format!("kubernetes/{name}"))))
+    yaml(&format!("kubernetes/{name}"))
 }
 
 /// Parses and validates a sidecar TOML exactly as `consistency-sidecar run --config` would.
@@ -26,45 +28,29 @@ fn sidecar_config(text: &str, origin: &str) -> Config {
 }
 
 fn port_of(container: &Yaml, name: &str) -> u16 {
-    container
-        .get("ports")
-        .find("name", name)
-        .get("containerPort")
-        .str()
-        .parse()
-        .expect("port number")
+    let port = container["ports"].find("name", name)["containerPort"].as_i64();
+    port.and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("port {name}: {port:?}"))
 }
 
 fn labels_match(selector: &Yaml, labels: &Yaml) {
-    let Yaml::Map(wanted) = selector else {
-        panic!("selector is not a map: {selector:?}")
-    };
+    let wanted = selector
+        .as_hash()
+        .unwrap_or_else(|| panic!("selector is not a map: {selector:?}"));
+    assert!(!wanted.is_empty(), "an empty selector selects everything");
     for (k, v) in wanted {
         assert_eq!(
-            labels.opt(k),
-            Some(v),
-            "label {k} of the selector is not on the pod template"
+            &labels[k.str()],
+            v,
+            "label {k:?} of the selector is not on the pod template"
         );
     }
 }
 
 #[test]
-fn yaml_reader_handles_the_subset() {
-    let doc = yaml::parse(
-        "a: 1 # note\nb:\n  - x\n  - k: v\n    l: \"q:#\"\n  - [1, 'two', {c: d}]\nc: |\n  line1\n    line2\nd:\n- e\n",
-    );
-    assert_eq!(doc.get("a").str(), "1");
-    assert_eq!(doc.get("b").seq()[0].str(), "x");
-    assert_eq!(doc.get("b").seq()[1].get("l").str(), "q:#");
-    assert_eq!(doc.get("b").seq()[2].seq()[2].get("c").str(), "d");
-    assert_eq!(doc.get("c").str(), "line1\n  line2\n");
-    assert_eq!(doc.get("d").strs(), vec!["e"]);
-}
-
-#[test]
 fn kustomization_lists_every_manifest() {
     let kustomization = manifest("kustomization.yaml");
-    let listed: Vec<&str> = kustomization.get("resources").strs();
+    let listed: Vec<&str> = kustomization["resources"].strs();
     for entry in std::fs::read_dir(deploy("kubernetes")).expect("deploy/kubernetes") {
         let name = entry
             .expect("dir entry")
@@ -85,7 +71,7 @@ fn kustomization_lists_every_manifest() {
         );
     }
     // kubectl is not a CI requirement; where it exists, kustomize must build the set.
-    if let Some(kubectl) = which("kubectl") {
+    if let Some(kubectl) = on_path("kubectl") {
         let out = run(
             &kubectl,
             &["kustomize", deploy("kubernetes").to_str().unwrap()],
@@ -99,36 +85,26 @@ fn kustomization_lists_every_manifest() {
     }
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn pod_service_configmap_and_podmonitor_line_up() {
     let configmap = manifest("configmap.yaml");
     let deployment = manifest("deployment.yaml");
     let service = manifest("service.yaml");
     let podmonitor = manifest("podmonitor.yaml");
-    assert_eq!(configmap.get("kind").str(), "ConfigMap");
-    assert_eq!(deployment.get("kind").str(), "Deployment");
-    assert_eq!(service.get("kind").str(), "Service");
-    assert_eq!(podmonitor.get("kind").str(), "PodMonitor");
+    assert_eq!(configmap["kind"].str(), "ConfigMap");
+    assert_eq!(deployment["kind"].str(), "Deployment");
+    assert_eq!(service["kind"].str(), "Service");
+    assert_eq!(podmonitor["kind"].str(), "PodMonitor");
 
     // The config the pod runs with.
-    let toml_text = configmap.at(&["data", "sidecar.toml"]).str();
+    let toml_text = configmap["data"]["sidecar.toml"].str();
     let config = sidecar_config(toml_text, "deploy/kubernetes/configmap.yaml sidecar.toml");
 
-    let template = deployment.at(&["spec", "template"]);
-    let pod_labels = template.at(&["metadata", "labels"]);
-    labels_match(
-        deployment.at(&["spec", "selector", "matchLabels"]),
-        pod_labels,
-    );
-    let pod = template.get("spec");
-    let containers = pod.get("containers");
+    let template = &deployment["spec"]["template"];
+    let pod_labels = &template["metadata"]["labels"];
+    labels_match(&deployment["spec"]["selector"]["matchLabels"], pod_labels);
+    let pod = &template["spec"];
+    let containers = &pod["containers"];
     let sidecar = containers.find("name", "consistency-sidecar");
     let backend = containers.find("name", "backend");
 
@@ -151,7 +127,7 @@ fn pod_service_configmap_and_podmonitor_line_up() {
 
     // The backend listens on loopback only, where the sidecar's upstream points.
     assert_eq!(config.upstream.uri.to_string(), "http://127.0.0.1:5000/");
-    let backend_args = backend.get("args").strs();
+    let backend_args = backend["args"].strs();
     let bind = backend_args
         .iter()
         .position(|a| *a == "--bind")
@@ -162,58 +138,54 @@ fn pod_service_configmap_and_podmonitor_line_up() {
         "backend args: {backend_args:?}"
     );
     assert!(
-        backend.opt("ports").is_none(),
+        backend["ports"].is_badvalue(),
         "the backend must not expose a port outside the pod"
     );
 
     // Probes on the admin port.
-    let probe = |kind: &str| sidecar.at(&[kind, "httpGet"]);
-    assert_eq!(probe("readinessProbe").get("path").str(), "/readyz");
-    assert_eq!(probe("livenessProbe").get("path").str(), "/healthz");
+    let probe = |kind: &str| &sidecar[kind]["httpGet"];
+    assert_eq!(probe("readinessProbe")["path"].str(), "/readyz");
+    assert_eq!(probe("livenessProbe")["path"].str(), "/healthz");
     for kind in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(probe(kind).get("port").str(), "admin", "{kind} port");
+        assert_eq!(probe(kind)["port"].str(), "admin", "{kind} port");
     }
 
     // The config file: ConfigMap -> volume -> mount -> --config.
-    let args = sidecar.get("args").strs();
+    let args = sidecar["args"].strs();
     assert_eq!(args, vec!["run", "--config", CONFIG_PATH]);
-    let mount = sidecar
-        .get("volumeMounts")
+    let mount = sidecar["volumeMounts"]
         .seq()
         .iter()
-        .find(|m| format!("{}/sidecar.toml", m.get("mountPath").str()) == CONFIG_PATH);
+        .find(|m| format!("{}/sidecar.toml", m["mountPath"].str()) == CONFIG_PATH);
     let mount = mount.expect("a volume mounted at the config's directory");
-    let volume = pod.get("volumes").find("name", mount.get("name").str());
+    let volume = pod["volumes"].find("name", mount["name"].str());
     assert_eq!(
-        volume.at(&["configMap", "name"]).str(),
-        configmap.at(&["metadata", "name"]).str()
+        volume["configMap"]["name"].str(),
+        configmap["metadata"]["name"].str()
     );
 
     // Requests and limits on every container.
     for c in containers.seq() {
-        let name = c.get("name").str();
-        let res = c.get("resources");
+        let name = c["name"].str();
+        let res = &c["resources"];
         for key in ["cpu", "memory"] {
             assert!(
-                res.at(&["requests"]).opt(key).is_some(),
+                !res["requests"][key].is_badvalue(),
                 "{name}: no {key} request"
             );
         }
         assert!(
-            res.at(&["limits"]).opt("memory").is_some(),
+            !res["limits"]["memory"].is_badvalue(),
             "{name}: no memory limit"
         );
     }
 
     // Shutdown: the drain fits in the grace period.
-    let grace: u64 = pod
-        .get("terminationGracePeriodSeconds")
-        .str()
-        .parse()
-        .expect("seconds");
-    let pre_stop: u64 = sidecar
-        .at(&["lifecycle", "preStop", "exec", "command"])
-        .strs()[1]
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_i64()
+        .and_then(|s| u64::try_from(s).ok())
+        .expect("terminationGracePeriodSeconds in seconds");
+    let pre_stop: u64 = sidecar["lifecycle"]["preStop"]["exec"]["command"].strs()[1]
         .parse()
         .expect("sleep seconds");
     assert!(
@@ -223,62 +195,55 @@ fn pod_service_configmap_and_podmonitor_line_up() {
     );
 
     // Non-root, as the image's user.
-    let sc = sidecar.get("securityContext");
-    assert_eq!(sc.get("runAsNonRoot").str(), "true");
-    assert_eq!(sc.get("readOnlyRootFilesystem").str(), "true");
-    assert_eq!(sc.get("runAsUser").str(), "10001");
+    let sc = &sidecar["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["runAsUser"].as_i64(), Some(10001));
 
-    // Scrape annotations point at the admin port's /metrics.
-    let annotations = template.at(&["metadata", "annotations"]);
-    assert_eq!(annotations.get("prometheus.io/scrape").str(), "true");
+    // Scrape annotations point at the admin port's /metrics (annotations are strings).
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"].str(), "true");
     assert_eq!(
-        annotations.get("prometheus.io/port").str(),
+        annotations["prometheus.io/port"].str(),
         admin_port.to_string()
     );
-    assert_eq!(annotations.get("prometheus.io/path").str(), "/metrics");
+    assert_eq!(annotations["prometheus.io/path"].str(), "/metrics");
 
     // The Service sends clients to the sidecar, never to the backend or the admin port.
-    labels_match(service.at(&["spec", "selector"]), pod_labels);
-    let service_ports = service.at(&["spec", "ports"]).seq();
+    labels_match(&service["spec"]["selector"], pod_labels);
+    let service_ports = service["spec"]["ports"].seq();
     assert_eq!(
         service_ports.len(),
         1,
         "only the proxy port is a Service port"
     );
-    assert_eq!(service_ports[0].get("targetPort").str(), "http");
+    assert_eq!(service_ports[0]["targetPort"].str(), "http");
 
     // The PodMonitor scrapes the same port and path, as job consistency-sidecar.
-    labels_match(
-        podmonitor.at(&["spec", "selector", "matchLabels"]),
-        pod_labels,
-    );
-    let endpoint = &podmonitor.at(&["spec", "podMetricsEndpoints"]).seq()[0];
-    assert_eq!(endpoint.get("port").str(), "admin");
-    assert_eq!(endpoint.get("path").str(), "/metrics");
-    let job = endpoint.get("relabelings").find("targetLabel", "job");
-    assert_eq!(job.get("replacement").str(), "consistency-sidecar");
+    labels_match(&podmonitor["spec"]["selector"]["matchLabels"], pod_labels);
+    let endpoint = &podmonitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"].str(), "admin");
+    assert_eq!(endpoint["path"].str(), "/metrics");
+    let job = endpoint["relabelings"].find("targetLabel", "job");
+    assert_eq!(job["replacement"].str(), "consistency-sidecar");
 
     // The pod-discovery scrape config keeps that port name and names the job the same.
-    let prom = yaml::parse(&read(&deploy("prometheus/prometheus-kubernetes.yml")));
-    let scrape = &prom.get("scrape_configs").seq()[0];
-    let relabel = scrape.get("relabel_configs");
+    let prom = yaml("prometheus/prometheus-kubernetes.yml");
+    let scrape = &prom["scrape_configs"][0];
+    let relabel = &scrape["relabel_configs"];
     let keep_port = relabel
         .seq()
         .iter()
-        .find(|r| {
-            r.get("source_labels").strs() == vec!["__meta_kubernetes_pod_container_port_name"]
-        })
+        .find(|r| r["source_labels"].strs() == vec!["__meta_kubernetes_pod_container_port_name"])
         .expect("a keep on the container port name");
-    assert_eq!(keep_port.get("regex").str(), "admin");
+    assert_eq!(keep_port["regex"].str(), "admin");
     assert_eq!(
-        relabel.find("target_label", "job").get("replacement").str(),
+        relabel.find("target_label", "job")["replacement"].str(),
         "consistency-sidecar"
     );
-    let namespaces = scrape.get("kubernetes_sd_configs").seq()[0]
-        .at(&["namespaces", "names"])
-        .strs();
+    let namespaces = scrape["kubernetes_sd_configs"][0]["namespaces"]["names"].strs();
     let kustomization = manifest("kustomization.yaml");
-    assert_eq!(namespaces, vec![kustomization.get("namespace").str()]);
+    assert_eq!(namespaces, vec![kustomization["namespace"].str()]);
 }
 
 #[test]
@@ -349,11 +314,9 @@ fn systemd_config_matches_the_static_scrape_target() {
         &read(&deploy("systemd/sidecar.toml")),
         "deploy/systemd/sidecar.toml",
     );
-    let prom = yaml::parse(&read(&deploy("prometheus/prometheus.yml")));
-    let job = prom
-        .get("scrape_configs")
-        .find("job_name", "consistency-sidecar");
-    let target = job.get("static_configs").seq()[0].get("targets").strs()[0].to_string();
+    let prom = yaml("prometheus/prometheus.yml");
+    let job = prom["scrape_configs"].find("job_name", "consistency-sidecar");
+    let target = job["static_configs"][0]["targets"][0].str().to_string();
     assert_eq!(
         target,
         config.admin_listen.to_string(),
@@ -365,7 +328,7 @@ fn systemd_config_matches_the_static_scrape_target() {
         "and it is the default admin address"
     );
     assert_eq!(
-        job.opt("metrics_path").map(Yaml::str).unwrap_or("/metrics"),
+        job["metrics_path"].as_str().unwrap_or("/metrics"),
         "/metrics"
     );
 
@@ -374,8 +337,9 @@ fn systemd_config_matches_the_static_scrape_target() {
         "ExecStart=/usr/local/bin/consistency-sidecar run --config {CONFIG_PATH}"
     )));
     // The sample file must be what the unit reads once installed.
-    let tmp = TempDir::new("deploy-systemd-config");
-    let copy = tmp.write("sidecar.toml", &read(&deploy("systemd/sidecar.toml")));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let copy = tmp.path().join("sidecar.toml");
+    std::fs::write(&copy, read(&deploy("systemd/sidecar.toml"))).expect("write the copy");
     config::load(Some(&copy))
         .and_then(Settings::compile)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -2,11 +2,12 @@
 //! sync: the promtool unit tests cover every alert both ways, and the short-window copy that the
 //! end-to-end test runs is generated from the same expressions.
 
-mod deploy_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use deploy_support::{deploy, read, repo, run, run_ok, tool, yaml, RuleFile, TempDir};
+use support::deploy::{deploy, read, yaml, Node, RuleFile};
+use support::{repo, run, run_ok, tool};
 
 const WINDOWS: [&str; 5] = ["5m", "30m", "1h", "6h", "3d"];
 
@@ -52,24 +53,27 @@ fn every_alert_is_tested_firing_and_not_firing() {
         );
     }
 
-    let tests = yaml::parse(&read(&deploy("prometheus/rules.test.yml")));
+    let tests = yaml("prometheus/rules.test.yml");
     assert_eq!(
-        tests.get("rule_files").strs(),
+        tests["rule_files"].strs(),
         vec!["rules.yml"],
         "the unit tests must load rules.yml itself"
     );
     let mut firing: BTreeSet<String> = BTreeSet::new();
     let mut silent: BTreeSet<String> = BTreeSet::new();
     let mut names = Vec::new();
-    for case in tests.get("tests").seq() {
-        names.push(case.get("name").str().to_lowercase());
-        for check in case.opt("alert_rule_test").map(|t| t.seq()).unwrap_or(&[]) {
-            let name = check.get("alertname").str().to_string();
+    for case in tests["tests"].seq() {
+        names.push(case["name"].str().to_lowercase());
+        let checks = case["alert_rule_test"]
+            .as_vec()
+            .map_or(&[][..], Vec::as_slice);
+        for check in checks {
+            let name = check["alertname"].str().to_string();
             assert!(
                 alerts.contains(&name),
                 "rules.test.yml tests {name}, which rules.yml does not define"
             );
-            if check.get("exp_alerts").seq().is_empty() {
+            if check["exp_alerts"].seq().is_empty() {
                 silent.insert(name);
             } else {
                 firing.insert(name);
@@ -240,12 +244,11 @@ fn sidecar_down_alert_selects_the_scraped_job() {
         down.contains(r#"absent(up{job="consistency-sidecar"})"#),
         "{down}"
     );
-    let prom = yaml::parse(&read(&deploy("prometheus/prometheus.yml")));
-    let jobs: Vec<&str> = prom
-        .get("scrape_configs")
+    let prom = yaml("prometheus/prometheus.yml");
+    let jobs: Vec<&str> = prom["scrape_configs"]
         .seq()
         .iter()
-        .map(|s| s.get("job_name").str())
+        .map(|s| s["job_name"].str())
         .collect();
     assert!(
         jobs.contains(&"consistency-sidecar"),
@@ -286,7 +289,7 @@ fn short_window_rules_are_generated_from_rules_yml() {
     let Some(python) = tool("python3") else {
         return;
     };
-    let tmp = TempDir::new("deploy-short-rules");
+    let tmp = tempfile::tempdir().expect("temp dir");
     let short = tmp.path().join("rules.short.yml");
     let script = deploy("prometheus/make_test_rules.py");
     run_ok(
@@ -367,7 +370,8 @@ fn short_window_rules_are_generated_from_rules_yml() {
     }
 
     // A window the generator does not know is an error, not a silent long window in a short test.
-    let odd = tmp.write("odd.yml", &long_text.replacen("[5m]", "[7m]", 1));
+    let odd = tmp.path().join("odd.yml");
+    std::fs::write(&odd, long_text.replacen("[5m]", "[7m]", 1)).expect("write odd.yml");
     let out = run(
         &python,
         &[

@@ -1,21 +1,27 @@
 //! `deploy/systemd/consistency-sidecar.service` passes `systemd-analyze verify` without a warning
 //! and keeps its hardening (offline `systemd-analyze security` exposure at most 2.0).
 
-mod deploy_support;
+mod support;
 
-use deploy_support::{deploy, read, run, tool, TempDir};
+use std::path::{Path, PathBuf};
+
+use support::deploy::{deploy, read};
+use support::{run, tool};
 
 const BINARY: &str = "/usr/local/bin/consistency-sidecar";
 
 /// The unit as shipped, but starting the binary cargo built: `verify` checks that ExecStart
 /// exists and is executable, and /usr/local/bin is empty on a build machine.
-fn unit_in_temp(tmp: &TempDir) -> std::path::PathBuf {
+fn unit_in(dir: &Path) -> PathBuf {
     let unit = read(&deploy("systemd/consistency-sidecar.service"));
     assert!(unit.contains(BINARY));
-    tmp.write(
-        "consistency-sidecar.service",
-        &unit.replace(BINARY, env!("CARGO_BIN_EXE_consistency-sidecar")),
+    let path = dir.join("consistency-sidecar.service");
+    std::fs::write(
+        &path,
+        unit.replace(BINARY, env!("CARGO_BIN_EXE_consistency-sidecar")),
     )
+    .expect("write the unit");
+    path
 }
 
 #[test]
@@ -23,8 +29,8 @@ fn systemd_analyze_verify_is_clean() {
     let Some(analyze) = tool("systemd-analyze") else {
         return;
     };
-    let tmp = TempDir::new("deploy-systemd");
-    let unit = unit_in_temp(&tmp);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let unit = unit_in(tmp.path());
     let out = run(&analyze, &["verify", unit.to_str().unwrap()], tmp.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     // verify exits 0 on unknown keys and only warns: any output is a finding.
@@ -54,8 +60,8 @@ fn unit_is_hardened() {
     let Some(analyze) = tool("systemd-analyze") else {
         return;
     };
-    let tmp = TempDir::new("deploy-systemd-security");
-    let unit = unit_in_temp(&tmp);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let unit = unit_in(tmp.path());
     let out = run(
         &analyze,
         &[

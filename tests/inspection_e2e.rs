@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use support::standin::{decode, get, post, Sidecar, StandIn};
+use support::{decode, get, post_json, Scrape, Sidecar, StandIn};
 
 use consistency_sidecar::config::Config;
 use consistency_sidecar::engine::Mode;
@@ -70,9 +70,8 @@ async fn poll_tasks(
     let mut ids = Vec::new();
     for n in 0..tasks {
         let brand = if n % 4 == 3 { "fail-brand" } else { "brand" };
-        let (status, _, body) = post(
-            sidecar.proxy,
-            "/api/perform-brand-test",
+        let (status, _, body) = post_json(
+            &sidecar.url("/api/perform-brand-test"),
             &format!(r#"{{"brand_list": ["{brand}-{n}"], "selectedModels": ["m"]}}"#),
         )
         .await;
@@ -90,17 +89,17 @@ async fn poll_tasks(
     // Each poll advances a task one stage; 5 polls finish it, the rest poll a finished task.
     for round in 0..9 {
         for id in &ids {
-            let (status, headers, body) = get(sidecar.proxy, &format!("/test/status/{id}")).await;
+            let (status, headers, body) = get(&sidecar.url(&format!("/test/status/{id}"))).await;
             assert_eq!(status, 200);
             note(0, &decode(&headers, &body));
             if round % 2 == 1 {
                 let path = format!("/api/test-progress?executionId={id}");
-                let (status, headers, body) = get(sidecar.proxy, &path).await;
+                let (status, headers, body) = get(&sidecar.url(&path)).await;
                 assert_eq!(status, 200);
                 note(1, &decode(&headers, &body));
             }
         }
-        let (status, headers, body) = get(sidecar.proxy, "/api/test-history").await;
+        let (status, headers, body) = get(&sidecar.url("/api/test-history")).await;
         assert_eq!(status, 200);
         note(2, &decode(&headers, &body));
     }
@@ -108,13 +107,12 @@ async fn poll_tasks(
 }
 
 /// The sidecar's counters must equal the stand-in's ledger, route by route, rule by rule.
-fn assert_metrics_match_ledger(metrics: &str, ledger: &Value, fixed: bool) {
+fn assert_metrics_match_ledger(metrics: &Scrape, ledger: &Value, fixed: bool) {
     let mut injected_total = 0.0;
     for route in ROUTES {
         let entry = &ledger["routes"][route];
         let value = |key: &str| entry[key].as_f64().unwrap();
-        let series =
-            |name: &str, labels: &[(&str, &str)]| support::standin::series(metrics, name, labels);
+        let series = |name: &str, labels: &[(&str, &str)]| metrics.value(name, labels);
         assert_eq!(
             series("consistency_checks_total", &[("route", route)]),
             value("records"),
@@ -181,10 +179,12 @@ async fn fix_mode_run(extra_standin_args: &[&str]) {
             extra_standin_args,
         ]
         .concat(),
-    ) else {
+    )
+    .await
+    else {
         return;
     };
-    let sidecar = Sidecar::start(standin.port, "").await;
+    let sidecar = Sidecar::start(&standin.url(), "").await;
     let judge = ClientJudge::new();
     let broken = poll_tasks(&sidecar, &judge, 12).await;
     assert!(
@@ -218,14 +218,14 @@ async fn fix_mode_with_chunked_responses() {
 
 #[tokio::test]
 async fn observe_mode_leaves_every_body_untouched_and_counts_the_same() {
-    let Some(standin) = StandIn::start(&["--inject-rate", "0.3", "--seed", "5"]) else {
+    let Some(standin) = StandIn::start(&["--inject-rate", "0.3", "--seed", "5"]).await else {
         return;
     };
     // In observe mode a re-sent injected record looks like a regression to the task memory;
     // switch those transition rules off so the ledger comparison stays exact.
     let config = "mode = \"observe\"\n[tracker.rules.stage_regression]\nenabled = false\n\
                   [tracker.rules.progress_regression]\nenabled = false\n";
-    let sidecar = Sidecar::start(standin.port, config).await;
+    let sidecar = Sidecar::start(&standin.url(), config).await;
     let judge = ClientJudge::new();
     let broken = poll_tasks(&sidecar, &judge, 12).await;
     let ledger = standin.ledger().await;
@@ -244,11 +244,10 @@ async fn observe_mode_leaves_every_body_untouched_and_counts_the_same() {
 async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
     for chunked in [false, true] {
         let args: &[&str] = if chunked { &["--chunked"] } else { &[] };
-        let Some(standin) = StandIn::start(args) else {
+        let Some(standin) = StandIn::start(args).await else {
             return;
         };
-        let sidecar = Sidecar::start(standin.port, "").await;
-        let direct = std::net::SocketAddr::from(([127, 0, 0, 1], standin.port));
+        let sidecar = Sidecar::start(&standin.url(), "").await;
         for (special, reason) in [
             ("__oversize", "too_large"),
             ("__notjson", "not_json"),
@@ -256,8 +255,9 @@ async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
             ("__gzipbomb", "too_large"),
         ] {
             let path = format!("/test/status/{special}");
-            let (direct_status, direct_headers, direct_body) = get(direct, &path).await;
-            let (status, headers, body) = get(sidecar.proxy, &path).await;
+            let (direct_status, direct_headers, direct_body) =
+                get(&format!("{}{path}", standin.url())).await;
+            let (status, headers, body) = get(&sidecar.url(&path)).await;
             assert_eq!(status, direct_status, "{special}");
             assert_eq!(
                 body, direct_body,
@@ -271,26 +271,20 @@ async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
                 );
             }
             let metrics = sidecar.metrics().await;
-            let skipped = support::standin::series(
-                &metrics,
+            let skipped = metrics.value(
                 "consistency_skipped_total",
                 &[("route", "task_status"), ("reason", reason)],
             );
             assert!(skipped >= 1.0, "{special} counted as {reason}");
         }
         let metrics = sidecar.metrics().await;
-        let too_large = support::standin::series(
-            &metrics,
+        let too_large = metrics.value(
             "consistency_skipped_total",
             &[("route", "task_status"), ("reason", "too_large")],
         );
         assert_eq!(too_large, 2.0, "oversize and bomb (chunked: {chunked})");
         assert_eq!(
-            support::standin::series(
-                &metrics,
-                "consistency_checks_total",
-                &[("route", "task_status")]
-            ),
+            metrics.value("consistency_checks_total", &[("route", "task_status")]),
             0.0
         );
     }
@@ -299,15 +293,15 @@ async fn fail_open_bodies_pass_through_unchanged_and_are_counted() {
 /// The seed's integration flow (e2e_integration_test.py), through the sidecar.
 #[tokio::test]
 async fn seed_integration_flow_through_the_sidecar() {
-    let Some(standin) = StandIn::start(&["--inject-rate", "0.5", "--seed", "3"]) else {
+    let Some(standin) = StandIn::start(&["--inject-rate", "0.5", "--seed", "3"]).await else {
         return;
     };
-    let sidecar = Sidecar::start(standin.port, "").await;
-    let proxy = sidecar.proxy;
+    let sidecar = Sidecar::start(&standin.url(), "").await;
+    let proxy = |path: &str| sidecar.url(path);
 
-    let (status, _, body) = get(proxy, "/health").await;
+    let (status, _, body) = get(&proxy("/health")).await;
     assert_eq!(status, 200, "health");
-    let (status, _, body2) = get(proxy, "/api/test").await;
+    let (status, _, body2) = get(&proxy("/api/test")).await;
     assert_eq!(status, 200);
     let message: Value = serde_json::from_slice(&body2).unwrap();
     assert_eq!(
@@ -318,9 +312,8 @@ async fn seed_integration_flow_through_the_sidecar() {
     );
 
     for brand in ["Acme", "fail-Acme"] {
-        let (status, _, body) = post(
-            proxy,
-            "/api/perform-brand-test",
+        let (status, _, body) = post_json(
+            &proxy("/api/perform-brand-test"),
             &format!(r#"{{"brand_list": ["{brand}"]}}"#),
         )
         .await;
@@ -331,7 +324,7 @@ async fn seed_integration_flow_through_the_sidecar() {
             .to_string();
         let mut last = Value::Null;
         for _ in 0..20 {
-            let (status, headers, body) = get(proxy, &format!("/test/status/{id}")).await;
+            let (status, headers, body) = get(&proxy(&format!("/test/status/{id}"))).await;
             assert_eq!(status, 200);
             let record: Value = serde_json::from_slice(&decode(&headers, &body)).unwrap();
             let (s, stage, done) = (&record["status"], &record["stage"], &record["is_completed"]);
@@ -361,7 +354,7 @@ async fn seed_integration_flow_through_the_sidecar() {
             "completed"
         };
         assert_eq!(last["status"], expected, "task reached its end");
-        let (status, _, body) = get(proxy, &format!("/api/deep-intelligence/{id}")).await;
+        let (status, _, body) = get(&proxy(&format!("/api/deep-intelligence/{id}"))).await;
         if expected == "completed" {
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
             let result: Value = serde_json::from_slice(&body).unwrap();
@@ -372,9 +365,9 @@ async fn seed_integration_flow_through_the_sidecar() {
     }
 
     // The failure scenario: no brand → the backend's 400 passes through as it is.
-    let direct = std::net::SocketAddr::from(([127, 0, 0, 1], standin.port));
-    let (direct_status, _, direct_body) = post(direct, "/api/perform-brand-test", "{}").await;
-    let (status, _, body) = post(proxy, "/api/perform-brand-test", "{}").await;
+    let direct = format!("{}/api/perform-brand-test", standin.url());
+    let (direct_status, _, direct_body) = post_json(&direct, "{}").await;
+    let (status, _, body) = post_json(&proxy("/api/perform-brand-test"), "{}").await;
     assert_eq!((status, &body), (direct_status, &direct_body));
     assert_eq!(status, 400);
     let error: Value = serde_json::from_slice(&body).unwrap();

@@ -1,5 +1,6 @@
-//! Failure paths through real sockets: upstream down, slow, dying mid-body; slow clients;
-//! load shedding; and the metrics that count them.
+//! Failure paths through the sidecar binary: upstream down, slow, dying mid-body; slow and
+//! oversized client heads; load shedding; and the metrics that count them. (Graceful shutdown:
+//! `proxy_shutdown.rs`.)
 
 mod support;
 
@@ -11,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn upstream_down_is_a_502_with_json() {
-    let down = closed_port().await;
-    let sidecar = Sidecar::start(&format!("http://{down}"), |_| {}).await;
+    let down = free_port();
+    let sidecar = Sidecar::start(&format!("http://{down}"), "").await;
     let (status, headers, body) = get(&sidecar.url("/anything")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(headers["content-type"], "application/json");
@@ -27,31 +28,31 @@ async fn upstream_down_is_a_502_with_json() {
 
     let metrics = sidecar.metrics().await;
     assert_eq!(
-        sample(
-            &metrics,
-            r#"consistency_proxy_upstream_errors_total{reason="connect"}"#
+        metrics.value(
+            "consistency_proxy_upstream_errors_total",
+            &[("reason", "connect")]
         ),
         1.0
     );
     assert_eq!(
-        sample(
-            &metrics,
-            r#"consistency_proxy_requests_total{code="5xx",method="GET",route="other"}"#
+        metrics.value(
+            "consistency_proxy_requests_total",
+            &[("code", "5xx"), ("method", "GET"), ("route", "other")]
         ),
         1.0
     );
     // Nothing answered and nothing listens: not ready.
     let (status, _, _) = get(&sidecar.admin_url("/readyz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn slow_upstream_is_a_504_with_json() {
     let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |c| {
-        c.proxy.response_header_timeout = Duration::from_millis(300);
-    })
+    let sidecar = Sidecar::start(
+        &upstream.url(),
+        "[proxy]\nresponse_header_timeout = \"300ms\"\n",
+    )
     .await;
     let (status, headers, body) = get(&sidecar.url("/slow?ms=3000")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -61,19 +62,18 @@ async fn slow_upstream_is_a_504_with_json() {
     assert!(json["detail"].is_string());
     let metrics = sidecar.metrics().await;
     assert_eq!(
-        sample(
-            &metrics,
-            r#"consistency_proxy_upstream_errors_total{reason="timeout"}"#
+        metrics.value(
+            "consistency_proxy_upstream_errors_total",
+            &[("reason", "timeout")]
         ),
         1.0
     );
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn upstream_dying_mid_body_breaks_the_client_response() {
     let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |_| {}).await;
+    let sidecar = Sidecar::start(&upstream.url(), "").await;
     for path in ["/die", "/die-chunked"] {
         let result = send_expect_broken_body(
             Request::get(sidecar.url(path))
@@ -101,22 +101,19 @@ async fn upstream_dying_mid_body_breaks_the_client_response() {
     assert!(!response.ends_with(b"0\r\n\r\n"), "looks complete");
     let metrics = sidecar.metrics().await;
     assert_eq!(
-        sample(
-            &metrics,
-            r#"consistency_proxy_upstream_errors_total{reason="body"}"#
+        metrics.value(
+            "consistency_proxy_upstream_errors_total",
+            &[("reason", "body")]
         ),
         3.0
     );
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn byte_by_byte_headers_are_cut_off() {
     let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |c| {
-        c.proxy.client_header_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let sidecar =
+        Sidecar::start(&upstream.url(), "[proxy]\nclient_header_timeout = \"1s\"\n").await;
     let stream = tokio::net::TcpStream::connect(sidecar.addr)
         .await
         .expect("connect");
@@ -151,16 +148,15 @@ async fn byte_by_byte_headers_are_cut_off() {
         );
     }
     assert!(upstream.seen().is_empty());
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn too_many_headers_or_too_large_a_head_are_refused() {
     let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |c| {
-        c.proxy.max_headers = 10;
-        c.proxy.max_header_bytes = 8192;
-    })
+    let sidecar = Sidecar::start(
+        &upstream.url(),
+        "[proxy]\nmax_headers = 10\nmax_header_bytes = 8192\n",
+    )
     .await;
     let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
     let response = raw(
@@ -185,16 +181,12 @@ async fn too_many_headers_or_too_large_a_head_are_refused() {
         String::from_utf8_lossy(&response)
     );
     assert!(upstream.seen().is_empty());
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn past_the_concurrency_cap_requests_are_shed() {
     let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |c| {
-        c.proxy.max_concurrent_requests = 1;
-    })
-    .await;
+    let sidecar = Sidecar::start(&upstream.url(), "[proxy]\nmax_concurrent_requests = 1\n").await;
     let slow_url = sidecar.url("/slow?ms=1500");
     let slow = tokio::spawn(async move { get(&slow_url).await });
     upstream.wait_for(1).await;
@@ -210,25 +202,6 @@ async fn past_the_concurrency_cap_requests_are_shed() {
     let (status, _, _) = get(&sidecar.url("/plain")).await;
     assert_eq!(status, StatusCode::OK);
     let metrics = sidecar.metrics().await;
-    assert_eq!(sample(&metrics, "consistency_proxy_load_shed_total"), 1.0);
+    assert_eq!(metrics.value("consistency_proxy_load_shed_total", &[]), 1.0);
     assert_eq!(upstream.seen().len(), 2);
-    sidecar.stop().await;
-}
-
-#[tokio::test]
-async fn serve_returns_after_in_flight_requests_finish() {
-    let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |_| {}).await;
-    let url = sidecar.url("/slow?ms=800");
-    let in_flight = tokio::spawn(async move { get(&url).await });
-    upstream.wait_for(1).await;
-    let addr = sidecar.addr;
-    sidecar.stop().await;
-    let (status, _, body) = in_flight.await.expect("in-flight request");
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, "slow but done");
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "still accepting"
-    );
 }

@@ -1,5 +1,5 @@
-//! The admin port: `/metrics` counts equal the requests made, `/healthz`, `/readyz`; and the
-//! stack driven with `oneshot`, without a client socket.
+//! The admin port of the sidecar binary: `/metrics` counts equal the requests made,
+//! `/healthz`, `/readyz`, `/report`; and the stack driven with `oneshot`, without a socket.
 
 mod support;
 
@@ -16,18 +16,27 @@ use tower::ServiceExt;
 #[tokio::test]
 async fn metrics_count_exactly_the_requests_made() {
     let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |_| {}).await;
+    let sidecar = Sidecar::start(&upstream.url(), "").await;
+    let task_status_gets = [("code", "2xx"), ("method", "GET"), ("route", "task_status")];
     let before = sidecar.metrics().await;
-    assert_eq!(sample(&before, "consistency_proxy_inflight_requests"), 0.0);
     assert_eq!(
-        sample(
-            &before,
-            r#"consistency_proxy_requests_total{code="2xx",method="GET",route="task_status"}"#
-        ),
+        before.value("consistency_proxy_inflight_requests", &[]),
         0.0
     );
-    assert!(before.contains(r#"consistency_build_info{version=""#));
-    assert!(before.contains("process_resident_memory_bytes"));
+    assert_eq!(
+        before
+            .get("consistency_proxy_requests_total", &task_status_gets)
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(
+        before.value(
+            "consistency_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(before.has("process_resident_memory_bytes"));
 
     for _ in 0..7 {
         get(&sidecar.url("/test/status/t-1")).await;
@@ -51,59 +60,42 @@ async fn metrics_count_exactly_the_requests_made() {
             .expect("request"),
     )
     .await;
-    raw(
-        sidecar.addr,
-        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let connect = Request::connect("example.com:443")
+        .header("host", "example.com:443")
+        .body(empty())
+        .expect("request");
+    let refused = request_on(sidecar.addr, connect).await.expect("response");
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
 
     let after = sidecar.metrics().await;
-    let count = |labels: &str| {
-        sample(
-            &after,
-            &format!("consistency_proxy_requests_total{{{labels}}}"),
-        )
+    let count = |code: &str, method: &str, route: &str| {
+        let labels = [("code", code), ("method", method), ("route", route)];
+        after.value("consistency_proxy_requests_total", &labels)
     };
-    assert_eq!(count(r#"code="2xx",method="GET",route="task_status""#), 7.0);
-    assert_eq!(count(r#"code="2xx",method="GET",route="other""#), 3.0);
-    assert_eq!(count(r#"code="2xx",method="POST",route="other""#), 2.0);
-    assert_eq!(count(r#"code="2xx",method="other",route="other""#), 1.0);
-    assert_eq!(count(r#"code="4xx",method="other",route="other""#), 1.0);
-    let total: f64 = after
-        .lines()
-        .filter(|l| l.starts_with("consistency_proxy_requests_total{"))
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .expect("value")
-                .parse::<f64>()
-                .expect("number")
-        })
-        .sum();
-    assert_eq!(total, 14.0);
-    assert_eq!(
-        sample(
-            &after,
-            r#"consistency_proxy_request_duration_seconds_count{route="task_status"}"#
-        ),
-        7.0
-    );
-    assert_eq!(
-        sample(
-            &after,
-            r#"consistency_proxy_request_duration_seconds_count{route="other"}"#
-        ),
-        7.0
-    );
-    assert_eq!(sample(&after, "consistency_proxy_inflight_requests"), 0.0);
+    assert_eq!(count("2xx", "GET", "task_status"), 7.0);
+    assert_eq!(count("2xx", "GET", "other"), 3.0);
+    assert_eq!(count("2xx", "POST", "other"), 2.0);
+    assert_eq!(count("2xx", "other", "other"), 1.0);
+    assert_eq!(count("4xx", "other", "other"), 1.0);
+    assert_eq!(after.sum("consistency_proxy_requests_total", &[]), 14.0);
+    for route in ["task_status", "other"] {
+        assert_eq!(
+            after.value(
+                "consistency_proxy_request_duration_seconds_count",
+                &[("route", route)]
+            ),
+            7.0,
+            "{route}"
+        );
+    }
+    assert_eq!(after.value("consistency_proxy_inflight_requests", &[]), 0.0);
     assert_eq!(upstream.seen().len(), 13);
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
     let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(&upstream.url(), |_| {}).await;
+    let sidecar = Sidecar::start(&upstream.url(), "").await;
     let (status, _, body) = get(&sidecar.admin_url("/healthz")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok\n"[..]));
     // Nothing proxied yet: ready through the TCP probe.
@@ -124,12 +116,11 @@ async fn health_and_readiness() {
     assert_eq!(report["consistency_ratio"], 1.0);
     let (status, _, _) = get(&sidecar.admin_url("/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn the_stack_answers_without_a_client_socket() {
-    let down = closed_port().await;
+    let down = free_port();
     let config = Config {
         upstream: format!("http://{down}").parse().expect("url"),
         ..Config::default()
@@ -170,14 +161,15 @@ async fn the_stack_answers_without_a_client_socket() {
         .to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(json["error"], "upstream_unreachable");
-    let text =
-        String::from_utf8(consistency_sidecar::metrics::encode(&sidecar.registry)).expect("utf-8");
+    let text = Scrape::parse(
+        &String::from_utf8(consistency_sidecar::metrics::encode(&sidecar.registry)).expect("utf-8"),
+    );
     assert_eq!(
-        sample(
-            &text,
-            r#"consistency_proxy_requests_total{code="5xx",method="GET",route="task_status"}"#
+        text.value(
+            "consistency_proxy_requests_total",
+            &[("code", "5xx"), ("method", "GET"), ("route", "task_status")]
         ),
         1.0
     );
-    assert_eq!(sample(&text, "consistency_proxy_inflight_requests"), 0.0);
+    assert_eq!(text.value("consistency_proxy_inflight_requests", &[]), 0.0);
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -100,50 +100,21 @@ async fn slow_upstream(delay: Duration) -> (SocketAddr, Arc<Connections>) {
     (addr, connections)
 }
 
-/// One keep-alive client connection: requests go one after another on it.
-async fn keep_alive_client(
-    addr: SocketAddr,
-) -> hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    sender
-}
-
-async fn get_on(
-    sender: &mut hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
-    path: &str,
-) -> (StatusCode, bytes::Bytes) {
-    sender.ready().await.expect("client connection ready");
-    let response = tokio::time::timeout(
-        PATIENCE,
-        sender.send_request(
-            Request::get(path)
-                .header("host", "sidecar.test")
-                .body(Empty::new())
-                .expect("request"),
-        ),
-    )
-    .await
-    .expect("answer in time")
-    .expect("response");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+async fn get_on(connection: &mut Connection, path: &str) -> (StatusCode, bytes::Bytes) {
+    let request = Request::get(path)
+        .header("host", "sidecar.test")
+        .body(empty())
+        .expect("request");
+    let response = request_via(connection, request).await.expect("response");
+    let (status, _, body) = collect(response).await.expect("body");
     (status, body)
 }
 
 #[tokio::test]
 async fn an_upstream_closing_each_connection_after_answering_never_causes_a_502() {
     let (upstream, connections) = closing_upstream().await;
-    let sidecar = Sidecar::start(&format!("http://{upstream}"), |_| {}).await;
-    let mut client = keep_alive_client(sidecar.addr).await;
+    let sidecar = Sidecar::start(&format!("http://{upstream}"), "").await;
+    let mut client = connect(sidecar.addr).await.expect("connect");
     for i in 0..200 {
         let (status, body) = get_on(&mut client, &format!("/plain/{i}")).await;
         assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
@@ -153,24 +124,27 @@ async fn an_upstream_closing_each_connection_after_answering_never_causes_a_502(
     assert_eq!(connections.accepted.load(Ordering::SeqCst), 200);
     let metrics = sidecar.metrics().await;
     for reason in ["connect", "timeout", "body", "protocol"] {
-        let series = format!("consistency_proxy_upstream_errors_total{{reason=\"{reason}\"}}");
-        assert_eq!(sample(&metrics, &series), 0.0, "{series}");
+        let errors = metrics.get(
+            "consistency_proxy_upstream_errors_total",
+            &[("reason", reason)],
+        );
+        assert_eq!(errors.unwrap_or(0.0), 0.0, "{reason}");
     }
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn upstream_connections_stay_under_the_cap_and_requests_wait_for_one() {
     let (upstream, connections) = slow_upstream(Duration::from_millis(100)).await;
-    let sidecar = Sidecar::start(&format!("http://{upstream}"), |config| {
-        config.proxy.upstream_max_connections = 2;
-    })
+    let sidecar = Sidecar::start(
+        &format!("http://{upstream}"),
+        "[proxy]\nupstream_max_connections = 2\n",
+    )
     .await;
     let clients: Vec<_> = (0..8)
         .map(|i| {
             let addr = sidecar.addr;
             tokio::spawn(async move {
-                let mut client = keep_alive_client(addr).await;
+                let mut client = connect(addr).await.expect("connect");
                 get_on(&mut client, &format!("/slow/{i}")).await
             })
         })
@@ -182,14 +156,13 @@ async fn upstream_connections_stay_under_the_cap_and_requests_wait_for_one() {
     }
     assert!(connections.most.load(Ordering::SeqCst) <= 2);
     assert!(connections.accepted.load(Ordering::SeqCst) <= 2);
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn one_client_connection_uses_one_upstream_connection() {
     let (upstream, connections) = slow_upstream(Duration::ZERO).await;
-    let sidecar = Sidecar::start(&format!("http://{upstream}"), |_| {}).await;
-    let mut client = keep_alive_client(sidecar.addr).await;
+    let sidecar = Sidecar::start(&format!("http://{upstream}"), "").await;
+    let mut client = connect(sidecar.addr).await.expect("connect");
     for i in 0..50 {
         let (status, _) = get_on(&mut client, &format!("/seq/{i}")).await;
         assert_eq!(status, StatusCode::OK);
@@ -205,25 +178,22 @@ async fn one_client_connection_uses_one_upstream_connection() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn a_request_with_a_body_is_not_replayed() {
     // A POST meets a connection the upstream closes; it is answered, never sent twice.
     let (upstream, connections) = closing_upstream().await;
-    let sidecar = Sidecar::start(&format!("http://{upstream}"), |_| {}).await;
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let sidecar = Sidecar::start(&format!("http://{upstream}"), "").await;
     let mut answered = 0;
     for i in 0..20 {
-        let response = client
-            .request(
-                Request::post(sidecar.url(&format!("/post/{i}")))
-                    .body(Full::new(bytes::Bytes::from_static(b"payload")))
-                    .expect("request"),
-            )
-            .await
-            .expect("an answer, a 502 at worst");
+        let response = request(
+            Request::post(sidecar.url(&format!("/post/{i}")))
+                .body(full("payload"))
+                .expect("request"),
+        )
+        .await
+        .expect("an answer, a 502 at worst");
         if response.status() == StatusCode::OK {
             answered += 1;
         } else {
@@ -232,5 +202,4 @@ async fn a_request_with_a_body_is_not_replayed() {
     }
     assert!(connections.accepted.load(Ordering::SeqCst) <= 20);
     assert!(answered >= 1);
-    sidecar.stop().await;
 }

@@ -6,7 +6,7 @@
 //! their tasks (a `JoinSet`), not only to watch them.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -23,7 +23,9 @@ use crate::stack::{ProxyStack, Sidecar};
 /// What each worker needs to serve client connections; cloned into every worker thread.
 #[derive(Clone)]
 pub(super) struct Worker {
-    listener: Arc<std::net::TcpListener>,
+    /// One handle on the listening socket per worker, each taken by its worker: once every
+    /// worker has stopped and dropped its own, the port refuses new connections.
+    listeners: Arc<Mutex<Vec<std::net::TcpListener>>>,
     app: ProxyStack<UpstreamPool>,
     pool: UpstreamPool,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -38,25 +40,39 @@ impl Worker {
     pub(super) fn new(
         sidecar: &Sidecar,
         listener: std::net::TcpListener,
+        workers: usize,
         stop: watch::Receiver<bool>,
-    ) -> Worker {
+    ) -> std::io::Result<Worker> {
         let proxy = &sidecar.settings.config.proxy;
-        Worker {
-            listener: Arc::new(listener),
+        let mut listeners = (1..workers.max(1))
+            .map(|_| listener.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        listeners.push(listener);
+        Ok(Worker {
+            listeners: Arc::new(Mutex::new(listeners)),
             app: sidecar.app(),
             pool: sidecar.pool.clone(),
             builder: Arc::new(connection_builder(&sidecar.settings)),
             idle: proxy.client_idle_timeout,
             grace: proxy.shutdown_grace,
             stop,
-        }
+        })
     }
 
     /// Accepts and serves connections until told to stop, then drains this worker's own.
     pub(super) async fn run(self) {
         // Each worker registers its own handle on the one listening socket with its runtime;
         // the kernel hands each new connection to one of them.
-        let listener = match self.listener.try_clone().and_then(TcpListener::from_std) {
+        let taken = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let Some(listener) = taken else {
+            tracing::error!("more workers than handles on the listening socket");
+            return;
+        };
+        let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(err) => {
                 tracing::error!(error = %err, "worker cannot use the listening socket");

@@ -53,7 +53,7 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let worker = accept::Worker::new(&sidecar, listener.into_std()?, stop_rx.clone());
+    let worker = accept::Worker::new(&sidecar, listener.into_std()?, workers, stop_rx.clone())?;
     runtime::spawn_workers(workers, move |_| {
         let worker = worker.clone();
         let done = done_tx.clone();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small HTTP/1.1 upstream for the proxy tests, standard library only.
 
-Listens on 127.0.0.1 with an OS-chosen port and prints "PORT <n>" on stdout. Routes:
+Listens on 127.0.0.1 with an OS-chosen port; the first stdout line is "LISTENING <port>". Routes:
   /plain           1000 bytes with Content-Length
   /chunked         300000 bytes sent with chunked encoding, uneven chunk sizes
   /big             10 MiB sent chunked in 64 KiB chunks
@@ -181,7 +181,7 @@ class Server(ThreadingHTTPServer):
 
 def main():
     server = Server(("127.0.0.1", 0), Handler)
-    print("PORT %d" % server.server_address[1], flush=True)
+    print("LISTENING %d" % server.server_address[1], flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
