@@ -82,7 +82,7 @@ pub struct Metrics {
     pub load_shed: IntCounter,
     /// `consistency_proxy_inflight_requests`.
     pub inflight: IntGauge,
-    /// `consistency_build_info{version}`, always 1.
+    /// `consistency_build_info{version,mode}`, always 1.
     pub build_info: IntGaugeVec,
 
     /// `consistency_checks_total{route}`.
@@ -193,12 +193,15 @@ impl Metrics {
         let build_info = register(
             &registry,
             IntGaugeVec::new(
-                Opts::new("consistency_build_info", "Build information; always 1."),
-                &["version"],
+                Opts::new(
+                    "consistency_build_info",
+                    "Build information and the configured mode (fix or observe); always 1.",
+                ),
+                &["version", "mode"],
             )?,
         )?;
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), settings.config.mode.as_str()])
             .set(1);
 
         let checks = counter(

@@ -149,8 +149,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Background upkeep while serving: tracker expiry and gauges every second, and the
-/// consistency report in the log every `report_interval` (zero: never).
+/// Background upkeep while serving: tracker expiry and gauges every second, the status page's
+/// ratio history, and the consistency report in the log every `report_interval` (zero: never).
 async fn upkeep(inspector: Arc<Inspector>, report_interval: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,6 +158,7 @@ async fn upkeep(inspector: Arc<Inspector>, report_interval: Duration) {
     loop {
         tick.tick().await;
         inspector.maintain();
+        inspector.book().sample();
         if !report_interval.is_zero() && Instant::now() >= next_report {
             next_report += report_interval;
             let report = inspector.book().snapshot();
