@@ -2,6 +2,7 @@
 //! in-test hyper upstream that records what reached it, the Python upstreams, and small clients.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod browser;
 pub mod standin;
 
 use std::convert::Infallible;
