@@ -12,9 +12,9 @@
 //! - `routes`: matches method + path patterns to configured route names (`other` otherwise).
 //! - `metrics`: every metric family, registered into one registry, label sets resolved at start.
 //! - `proxy`: the forwarding path: request metrics, load shedding, header rewriting, upstream client, upgrades.
-//! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`.
+//! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`, the status page.
 //! - `server`: the proxy and admin listeners, the tower stack, graceful shutdown.
-//! - `report`: the consistency report (seed layout), text and JSON.
+//! - `report`: the consistency report (seed layout), text and JSON, and the status behind `/report.json`.
 //! - `admin_client`: a small HTTP GET for the `report` command.
 //! - `demo`: the self-contained demo.
 #![forbid(unsafe_code)]

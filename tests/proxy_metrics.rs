@@ -27,7 +27,7 @@ async fn metrics_count_exactly_the_requests_made() {
         ),
         0.0
     );
-    assert!(before.contains(r#"consistency_build_info{version=""#));
+    assert!(before.contains(r#"consistency_build_info{mode="fix",version=""#));
     assert!(before.contains("process_resident_memory_bytes"));
 
     for _ in 0..7 {
