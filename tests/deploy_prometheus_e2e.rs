@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use deploy_support::{
     deploy, free_port, get, http, missing, repo, run_ok, spawn_listening, spawn_logged, tool,
-    wait_for, ChildGuard, TempDir,
+    urlencode, wait_for, ChildGuard, TempDir,
 };
 use serde_json::Value;
 
@@ -249,17 +249,6 @@ fn poll_loop(
     }
 }
 
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The state of `ALERT` for the job: `None` (inactive), `Some("pending")` or `Some("firing")`.
 fn alert_state(prom: &str) -> Option<String> {
     let resp = get(prom, "/api/v1/alerts").ok()?;
@@ -273,7 +262,7 @@ fn alert_state(prom: &str) -> Option<String> {
 
 /// The value of an instant query with one result series.
 fn query(prom: &str, q: &str) -> Option<f64> {
-    let resp = get(prom, &format!("/api/v1/query?query={}", encode(q))).ok()?;
+    let resp = get(prom, &format!("/api/v1/query?query={}", urlencode(q))).ok()?;
     let v: Value = serde_json::from_str(&resp.body).ok()?;
     v["data"]["result"].as_array()?.first()?["value"][1]
         .as_str()?

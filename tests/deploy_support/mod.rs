@@ -309,6 +309,19 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Percent-encodes a query-string value (everything but RFC 3986's unreserved characters).
+pub fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Polls `check` every `every` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(
     what: &str,
