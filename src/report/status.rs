@@ -194,7 +194,10 @@ fn route_status(series: &Series, name: &str, mode: Mode, tracked: bool) -> Route
 }
 
 /// The counter and gauge samples of a registry, by family name.
-struct Series(HashMap<String, Vec<(Vec<(String, String)>, f64)>>);
+struct Series(HashMap<String, Vec<Point>>);
+
+/// One sample: its labels (name, value) and its value.
+type Point = (Vec<(String, String)>, f64);
 
 // === impl Series ===
 
@@ -225,7 +228,7 @@ impl Series {
         &'a self,
         family: &str,
         labels: &'a [(&str, &str)],
-    ) -> impl Iterator<Item = &'a (Vec<(String, String)>, f64)> + 'a {
+    ) -> impl Iterator<Item = &'a Point> + 'a {
         self.0
             .get(family)
             .into_iter()
