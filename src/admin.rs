@@ -1,10 +1,13 @@
 //! The admin port: `/healthz` (alive), `/readyz` (upstream reachable), `/metrics` (Prometheus),
-//! and the consistency report as `/report` (text) and `/report.json`.
+//! the consistency report as `/report` (text) and `/report.json`, and the status page at `/` and
+//! `/status`.
 //!
 //! A plain service matching the path; it lives on its own port because it must not be public.
+//! The status page is one self-contained HTML file compiled into the binary: it loads nothing
+//! but `/report.json`, so it works offline, and its CSP tells the browser to refuse anything else.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -15,7 +18,7 @@ use prometheus::Registry;
 
 use crate::clock::LastSeen;
 use crate::metrics;
-use crate::report::ReportBook;
+use crate::report::{ReportBook, Started, Status};
 use crate::settings::Settings;
 
 /// The admin service; cheap to clone per connection.
@@ -26,7 +29,16 @@ pub struct Admin {
     /// When the upstream last answered, for `/readyz`.
     answered: Arc<LastSeen>,
     report: Arc<ReportBook>,
+    started: Started,
 }
+
+/// The status page: inline CSS and script, no external resource of any kind.
+const STATUS_PAGE: &str = include_str!("admin/status.html");
+
+/// Only the page's own inline script and style, and fetches back to this port.
+const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
 
 // === impl Admin ===
 
@@ -42,6 +54,10 @@ impl Admin {
             registry,
             answered,
             report,
+            started: Started {
+                at: Instant::now(),
+                wall: SystemTime::now(),
+            },
         }
     }
 
@@ -68,18 +84,45 @@ impl Admin {
             }
             "/report" => text(StatusCode::OK, self.report.snapshot().to_text()),
             "/report.json" => {
-                let json = serde_json::to_vec_pretty(&self.report.snapshot())
+                let status = Status::collect(
+                    &self.report,
+                    &self.registry,
+                    &self.settings,
+                    self.started,
+                );
+                let json = serde_json::to_vec_pretty(&status)
                     .unwrap_or_else(|_| br#"{"error": "report unavailable"}"#.to_vec());
                 let mut response = Response::new(Full::new(Bytes::from(json)));
-                response.headers_mut().insert(
+                let headers = response.headers_mut();
+                headers.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            "/" | "/status" => {
+                let mut response =
+                    Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                headers.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(STATUS_PAGE_CSP),
+                );
+                headers.insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 response
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "try /healthz, /readyz, /metrics, /report, /report.json\n",
+                "try /status, /healthz, /readyz, /metrics, /report, /report.json\n",
             ),
         }
     }
@@ -124,3 +167,6 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,9 +18,9 @@
 //! - `stack`: the tower stack (`app`) and the state every worker shares.
 //! - `runtime`: worker threads, each with a single-threaded runtime.
 //! - `clock`: a lock-free "last seen" instant.
-//! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`.
+//! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`, the status page.
 //! - `server`: the proxy and admin listeners, connections, signals, upkeep, graceful shutdown.
-//! - `report`: the consistency report (seed layout), text and JSON.
+//! - `report`: the consistency report (seed layout), text and JSON, and the status behind `/report.json`.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -4,19 +4,24 @@
 
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use crate::engine::Mode;
+
 /// The Content-Type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A registry holding `consistency_build_info` and the `process_*` collector.
-pub fn registry() -> prometheus::Result<Registry> {
+/// A registry holding `consistency_build_info{version,mode}` and the `process_*` collector.
+pub fn registry(mode: Mode) -> prometheus::Result<Registry> {
     let registry = Registry::new();
     let build_info = IntGaugeVec::new(
-        Opts::new("consistency_build_info", "Build information; always 1."),
-        &["version"],
+        Opts::new(
+            "consistency_build_info",
+            "Build information and the configured mode (fix or observe); always 1.",
+        ),
+        &["version", "mode"],
     )?;
     registry.register(Box::new(build_info.clone()))?;
     build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), mode.as_str()])
         .set(1);
     #[cfg(target_os = "linux")]
     registry.register(Box::new(

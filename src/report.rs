@@ -1,14 +1,24 @@
 //! The consistency report, in the layout of the seed's in-process monitor report.
 //!
 //! `ReportBook` is fed once per checked record by the inspection layer and read by the admin
-//! server (`/report`, `/report.json`) and the periodic report log; `consistency-sidecar report`
-//! fetches it from the admin port.
+//! server (`/report`, `/report.json`, the status page), the periodic report log and
+//! `consistency-sidecar report`. `/report.json` is the report plus one section per concern
+//! ([`Status`]).
+
+mod history;
+mod status;
+
+pub use history::{RatioHistory, Sample, SAMPLES_KEPT, SAMPLE_EVERY};
+pub use status::{
+    FixCount, HistoryStatus, ProxyStatus, RouteStatus, RuleCount, SidecarStatus, Started, Status,
+    TrackerStatus, OBJECTIVE,
+};
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +42,8 @@ pub struct ReportBook {
     issues: AtomicU64,
     recent: Mutex<VecDeque<RecentIssue>>,
     keep: usize,
+    /// The ratio over the last minutes, for the status page's chart.
+    history: Mutex<RatioHistory>,
 }
 
 /// A point-in-time copy of the book, serialisable as `/report.json`.
@@ -65,6 +77,41 @@ impl ReportBook {
             issues: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::with_capacity(keep)),
             keep,
+            history: Mutex::new(RatioHistory::new(
+                SAMPLE_EVERY,
+                SAMPLES_KEPT,
+                Instant::now(),
+            )),
+        }
+    }
+
+    /// Called every second or so by the upkeep loop: adds a history sample when one is due.
+    pub fn sample(&self) {
+        let levels = self.levels();
+        let checks = levels.consistent + levels.minor_issue + levels.major_issue + levels.critical;
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(Instant::now(), SystemTime::now(), checks, levels.consistent);
+    }
+
+    /// The ratio samples, oldest first, with their interval.
+    pub fn history(&self) -> HistoryStatus {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        HistoryStatus {
+            every_seconds: history.every().as_secs(),
+            span_seconds: history.every().as_secs() * history.keep() as u64,
+            samples: history.samples(),
+        }
+    }
+
+    fn levels(&self) -> LevelCounts {
+        let count = |level: Level| self.levels[level as usize].load(Ordering::Relaxed);
+        LevelCounts {
+            consistent: count(Level::Consistent),
+            minor_issue: count(Level::MinorIssue),
+            major_issue: count(Level::MajorIssue),
+            critical: count(Level::Critical),
         }
     }
 
@@ -94,13 +141,7 @@ impl ReportBook {
     }
 
     pub fn snapshot(&self) -> Report {
-        let count = |level: Level| self.levels[level as usize].load(Ordering::Relaxed);
-        let levels = LevelCounts {
-            consistent: count(Level::Consistent),
-            minor_issue: count(Level::MinorIssue),
-            major_issue: count(Level::MajorIssue),
-            critical: count(Level::Critical),
-        };
+        let levels = self.levels();
         let total = levels.consistent + levels.minor_issue + levels.major_issue + levels.critical;
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         Report {

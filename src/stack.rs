@@ -38,7 +38,7 @@ pub struct Sidecar {
 impl Sidecar {
     /// Registers every metric family and creates the shared state.
     pub fn new(settings: Arc<Settings>) -> prometheus::Result<Sidecar> {
-        let registry = crate::metrics::registry()?;
+        let registry = crate::metrics::registry(settings.config.mode)?;
         let route_names: Vec<&str> = settings.routes.names().chain([OTHER]).collect();
         let proxy_metrics = ProxyMetrics::register(&registry, &route_names)?;
         let inspector = Arc::new(Inspector::new(&settings, &registry)?);

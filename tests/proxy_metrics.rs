@@ -32,7 +32,7 @@ async fn metrics_count_exactly_the_requests_made() {
     assert_eq!(
         before.value(
             "consistency_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
+            &[("version", env!("CARGO_PKG_VERSION")), ("mode", "fix")]
         ),
         1.0
     );

@@ -36,6 +36,17 @@ pub enum Mode {
     Observe,
 }
 
+// === impl Mode ===
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fix => "fix",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
 /// Names of the transition (cross-poll) rules: a fixed set, each configurable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -65,7 +65,7 @@ fn configured_label_combinations_exist_at_zero() {
         r#"consistency_skipped_total{reason="too_large",route="test_progress"} 0"#,
         r#"consistency_ratio{route="task_status"} 1"#,
         r#"consistency_tracker_evictions_total{reason="ttl"} 0"#,
-        r#"consistency_build_info{version=""#,
+        r#"consistency_build_info{mode="fix",version=""#,
     ] {
         assert!(text.contains(line), "missing: {line}");
     }

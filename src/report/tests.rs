@@ -1,6 +1,7 @@
 //! Unit tests for the report book and its text layout.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::engine::{Issue, RecordState};
@@ -78,4 +79,148 @@ fn json_round_trips() {
     let back: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, report);
     assert_eq!(back.critical_issues, 1);
+}
+
+#[test]
+fn history_keeps_one_sample_per_interval_and_forgets_the_oldest() {
+    let start = Instant::now();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let every = Duration::from_secs(5);
+    let mut history = RatioHistory::new(every, 3, start);
+    // Not due yet: nothing recorded, and the totals are not consumed.
+    history.observe(start + Duration::from_secs(4), wall, 10, 10);
+    assert!(history.samples().is_empty());
+    history.observe(start + every, wall, 100, 99);
+    // An interval without checks is a gap, not 100%.
+    history.observe(start + every * 2, wall, 100, 99);
+    history.observe(start + every * 3, wall, 150, 139);
+    let samples = history.samples();
+    assert_eq!(
+        samples
+            .iter()
+            .map(|s| (s.checks, s.consistent, s.ratio))
+            .collect::<Vec<_>>(),
+        [(100, 99, Some(0.99)), (0, 0, None), (50, 40, Some(0.8))]
+    );
+    assert_eq!(samples[0].at_unix_ms, 1_000_000);
+    history.observe(start + every * 4, wall, 160, 149);
+    let samples = history.samples();
+    assert_eq!(samples.len(), 3, "bounded");
+    assert_eq!(samples[0].ratio, None, "the oldest went first");
+    assert_eq!(samples[2].ratio, Some(1.0));
+}
+
+#[test]
+fn status_reads_every_section_from_the_registry() {
+    use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+    use crate::config::Config;
+    use crate::engine::Mode;
+    use crate::settings::Settings;
+
+    let settings = Settings::compile(Config::default()).expect("defaults compile");
+    let book = ReportBook::new(10);
+    book.record(
+        "task_status",
+        &verdict("t-9", Level::MinorIssue, &["completed_stage"]),
+    );
+    // The families under the names the layers register, filled by hand.
+    let registry = Registry::new();
+    let family = |name: &str, labels: &[&str]| {
+        let family = IntCounterVec::new(Opts::new(name, "test"), labels).expect("family");
+        registry.register(Box::new(family.clone())).expect("register");
+        family
+    };
+    let gauge = |name: &str, value: i64| {
+        let gauge = IntGauge::new(name, "test").expect("gauge");
+        gauge.set(value);
+        registry.register(Box::new(gauge)).expect("register");
+    };
+    family("consistency_checks_total", &["route"])
+        .with_label_values(&["task_status"])
+        .inc_by(4);
+    let results = family("consistency_results_total", &["route", "level"]);
+    for (level, n) in [("consistent", 3), ("minor_issue", 1)] {
+        results.with_label_values(&["task_status", level]).inc_by(n);
+    }
+    let issues = family("consistency_issues_total", &["route", "rule", "level"]);
+    issues
+        .with_label_values(&["task_status", "completed_stage", "minor_issue"])
+        .inc();
+    issues
+        .with_label_values(&["task_status", "completed_progress", "minor_issue"])
+        .inc_by(2);
+    family("consistency_fixes_total", &["route", "rule"])
+        .with_label_values(&["task_status", "completed_stage"])
+        .inc();
+    let skipped = family("consistency_skipped_total", &["route", "reason"]);
+    skipped.with_label_values(&["task_status", "not_json"]);
+    skipped.with_label_values(&["test_history", "not_json"]).inc_by(5);
+    let requests = family(
+        "consistency_proxy_requests_total",
+        &["route", "method", "code"],
+    );
+    requests
+        .with_label_values(&["task_status", "GET", "2xx"])
+        .inc_by(6);
+    requests.with_label_values(&["other", "POST", "5xx"]).inc();
+    let upstream_errors = family("consistency_proxy_upstream_errors_total", &["reason"]);
+    upstream_errors.with_label_values(&["connect"]).inc();
+    upstream_errors.with_label_values(&["timeout"]);
+    let load_shed = prometheus::IntCounter::new("consistency_proxy_load_shed_total", "test")
+        .expect("counter");
+    load_shed.inc();
+    registry.register(Box::new(load_shed)).expect("register");
+    gauge("consistency_proxy_inflight_requests", 2);
+    gauge("consistency_tracked_tasks", 7);
+    family("consistency_tracker_evictions_total", &["reason"]).with_label_values(&["ttl"]);
+
+    let started = Started {
+        at: Instant::now(),
+        wall: SystemTime::now(),
+    };
+    let status = Status::collect(&book, &registry, &settings, started);
+    assert_eq!(status.report.total_checks, 1, "the book's own counts");
+    assert_eq!(status.objective, OBJECTIVE);
+    assert_eq!(status.sidecar.mode, Mode::Fix);
+    assert_eq!(status.sidecar.version, env!("CARGO_PKG_VERSION"));
+    let names: Vec<&str> = status.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["task_status", "test_progress", "test_history"]);
+
+    let route = &status.routes[0];
+    assert!(route.tracked);
+    assert_eq!((route.requests, route.checks, route.ratio), (6, 4, 0.75));
+    assert_eq!(route.levels.consistent, 3);
+    assert_eq!(route.levels.minor_issue, 1);
+    // Most frequent first; rules that never fired are listed at 0.
+    assert_eq!(route.issues[0].rule, "completed_progress");
+    assert_eq!(route.issues[0].count, 2);
+    assert_eq!(route.issues[1].rule, "completed_stage");
+    assert!(route.issues[2..].iter().all(|r| r.count == 0));
+    assert_eq!(route.fixes[0].rule, "completed_stage");
+    assert_eq!(route.fixes[0].applied, 1);
+    assert_eq!(route.skipped["not_json"], 0);
+    assert_eq!(status.routes[2].skipped["not_json"], 5);
+    assert!(!status.routes[2].tracked);
+    // A route with no checks reads 100%, as consistency_ratio does.
+    assert_eq!(status.routes[1].ratio, 1.0);
+
+    assert_eq!(status.proxy.requests, 7);
+    assert_eq!(status.proxy.requests_by_code["2xx"], 6);
+    assert_eq!(status.proxy.requests_by_code["5xx"], 1);
+    assert_eq!(status.proxy.upstream_errors, 1);
+    assert_eq!(status.proxy.upstream_errors_by_reason["connect"], 1);
+    assert_eq!(status.proxy.upstream_errors_by_reason["timeout"], 0);
+    assert_eq!((status.proxy.inflight, status.proxy.load_shed), (2, 1));
+    assert_eq!(status.tracker.tracked_tasks, 7);
+    assert_eq!(status.tracker.evictions["ttl"], 0);
+
+    // The report's fields stay at the top level of the JSON, beside the sections.
+    let json = serde_json::to_value(&status).expect("serialises");
+    assert_eq!(json["total_checks"], 1);
+    assert_eq!(json["routes"][0]["name"], "task_status");
+    let back: Status = serde_json::from_value(json.clone()).expect("round trips");
+    assert_eq!(back, status);
+    let report: Report = serde_json::from_value(json).expect("still reads as a Report");
+    assert_eq!(report, status.report);
 }

@@ -1,5 +1,6 @@
 //! Background upkeep while serving: once a second, forget expired tasks, close stale idle
-//! upstream connections and log held-back issue summaries; every `report_interval`, the report.
+//! upstream connections, log held-back issue summaries and sample the status page's ratio
+//! history; every `report_interval`, the report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ pub(super) async fn run(inspector: Arc<Inspector>, pool: UpstreamPool, report_in
     loop {
         tick.tick().await;
         inspector.tick();
+        inspector.book().sample();
         pool.close_expired();
         // Zero turns the periodic report off.
         if !report_interval.is_zero() && Instant::now() >= next_report {

@@ -107,6 +107,7 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     println!("consistency-sidecar demo");
     println!("  stand-in legacy backend  http://{backend_addr}  (injects inconsistencies into {:.1}% of finished-task answers)", args.inject_rate * 100.0);
     println!("  sidecar (fix mode)       http://{proxy_addr}");
+    println!("  status page              http://{admin_addr}/status  (open it in a browser)");
     println!("  admin                    http://{admin_addr}/metrics");
     println!(
         "  {} simulated front ends polling for {}\n",
@@ -156,6 +157,7 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
 
     if args.keep_running {
         println!("\nStill serving (Ctrl-C to stop):");
+        println!("  {admin_url}/status   # the status page, in a browser");
         println!("  curl -s {admin_url}/metrics | grep ^consistency_");
         println!("  consistency-sidecar report --admin {admin_url}");
         println!("  curl -s http://{proxy_addr}/test/status/demo-1");
