@@ -3,10 +3,13 @@
 # same fields, and the sidecar (unrouted passthrough and a tracked route needing two fixes per
 # response), all in front of the same nginx backend answering a ~450-byte task status from memory.
 #
-# Usage: benches/compare.sh [--quick] [--redis] [--duration 8s] [--rounds 3] [--conns "1 32 256"]
+# Usage: benches/compare.sh [--quick] [--redis] [--profile] [--duration 8s] [--rounds 3]
+#                           [--conns "1 32 256"]
 #   --quick       3 s runs (same rounds and connection counts); also QUICK=1
 #   --redis       add a contender: the sidecar with `[tracker] store = "redis"` and a redis-server
 #                 of its own on a free loopback port (issue 11's cost of shared task memory)
+#   --profile     after the rounds, one more run of each sidecar contender at 32 connections
+#                 under `perf record` (flat, by DSO and by symbol): where the sidecar's CPU goes
 #   --duration, --rounds, --conns   also DURATION, ROUNDS, CONNS
 # Env:
 #   SIDECAR_EXTRA_CONFIG=FILE  add a contender: the sidecar with FILE's TOML appended to its config
@@ -28,11 +31,13 @@ DURATION="${DURATION:-8s}"
 ROUNDS="${ROUNDS:-3}"
 CONNS="${CONNS:-1 32 256}"
 REDIS="${REDIS:-0}"
+PROFILE="${PROFILE:-0}"
 [ "${QUICK:-0}" = 1 ] && DURATION=3s
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) DURATION=3s ;;
         --redis) REDIS=1 ;;
+        --profile) PROFILE=1 ;;
         --duration) DURATION="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
         --conns) CONNS="$2"; shift ;;
@@ -57,6 +62,7 @@ command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
 [ -e /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || [ -n "$(find /usr/lib -path '*lua/5.1/cjson.so' 2>/dev/null | head -1)" ] || need+=(lua-cjson)
 command -v wrk >/dev/null || need+=(wrk)
+[ "$PROFILE" = 1 ] && ! command -v perf >/dev/null && need+=(linux-perf)
 if [ "$REDIS" = 1 ]; then
     command -v redis-server >/dev/null || need+=(redis-server)
     command -v redis-cli >/dev/null || need+=(redis-tools)
@@ -449,6 +455,7 @@ for key in "${KEYS[@]}"; do
     timeout 30 taskset -c "$LOAD_CPU" wrk -t1 -c32 -d1s "${URL[$key]}" >/dev/null
 done
 STARTED="$(date -u '+%Y-%m-%d %H:%M UTC')"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 SECONDS=0
 for round in $(seq 1 "$ROUNDS"); do
     for c in $CONNS; do
@@ -458,6 +465,32 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 ELAPSED=$SECONDS
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# profile KEY: one run at 32 connections with perf sampling the contender's processes.
+profile() {
+    local key="$1" pids
+    pids="$(pids_of "${ROOTPIDS[$key]}" | paste -sd, -)"
+    perf record -q -F 1999 -o "$WORK/$key.perf" -p "$pids" -- sleep "$DURATION_S" \
+        >"$WORK/$key.perf.log" 2>&1 &
+    local perf_pid=$!
+    PIDS+=("$perf_pid")
+    timeout $((DURATION_S + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c32 -d"${DURATION_S}s" "${URL[$key]}" >/dev/null
+    wait "$perf_pid" || die "perf record failed: $(cat "$WORK/$key.perf.log")"
+    perf_top --sort dso --percent-limit 2 | head -8 >"$WORK/$key.dso"
+    perf_top --sort dso,symbol --percent-limit 0.5 | head -40 >"$WORK/$key.symbols"
+}
+
+perf_top() { # perf report of $key's samples, without comments, padding and empty columns
+    perf report -i "$WORK/$key.perf" --stdio --no-children "$@" 2>/dev/null |
+        grep -v -e '^#' -e '^$' | sed 's/[ -]*$//'
+}
+PROFILED=()
+if [ "$PROFILE" = 1 ]; then
+    for key in "${KEYS[@]}"; do
+        case "$key" in sidecar*) log "profiling $key"; profile "$key"; PROFILED+=("$key") ;; esac
+    done
+fi
 
 # --- report ------------------------------------------------------------------------------------
 median() { # column N of a results file
@@ -482,6 +515,7 @@ echo
 echo "- machine: $(nproc) CPUs ($CPU_MODEL), Linux $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM"
 echo "- command: \`$COMMAND\` (measuring took ${ELAPSED}s)"
 echo "- sidecar: $REVISION, release build, default config and logging (RUST_LOG unset, log to a file); $(nginx -v 2>&1 | sed 's/nginx version: //'); $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
+echo "- load average (1, 5, 15 min) before measuring: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine perturbs the figures)"
 echo "- wrk -t1 --latency pinned to CPU $LOAD_CPU; proxy and backend (nginx, worker_processes 1, ~450-byte status from memory) pinned to CPU $PROXY_CPU; median of $ROUNDS interleaved rounds of ${DURATION_S}s"
 echo "- CPU/req: utime+stime of the proxy's processes over the run / requests; RSS: VmHWM (peak so far); log: sidecar log bytes/s"
 echo
@@ -519,5 +553,16 @@ for c in $CONNS; do
         "$(ratio "${MED[sidecar_fixed.$c.3]}" "${MED[nginx.$c.3]}")" \
         "$(awk -v a="${MED[sidecar_pass.$c.2]}" -v b="${MED[nginx.$c.2]}" 'BEGIN { printf "%+.0f", a - b }')"
 done
+for key in "${PROFILED[@]}"; do
+    echo
+    echo "### Where the CPU goes: ${LABEL[$key]}, 32 connections (perf, flat)"
+    echo
+    echo '```'
+    cat "$WORK/$key.dso"
+    echo
+    cat "$WORK/$key.symbols"
+    echo '```'
+done
+
 TOTAL_ERRORS="$(cat "$WORK"/results/* | awk '{n += $7} END {print n + 0}')"
 [ "$TOTAL_ERRORS" -eq 0 ] || { log "$TOTAL_ERRORS failed requests (non-2xx or socket errors) in the runs"; exit 1; }
