@@ -20,7 +20,7 @@
 # pinned to CPU 1; keep-alive on every hop. Rounds are interleaved: every contender at every
 # connection count in round 1, then round 2, ... Each figure is the median over rounds of: req/s,
 # p50, p99, CPU µs per request of the proxy's processes (utime+stime from /proc/PID/stat around the
-# run), their peak RSS (VmHWM, so far in the run) and, for sidecars, log bytes written per second.
+# run), their peak RSS during the run (VmHWM, reset before each run) and, for sidecars, log bytes written per second.
 # Missing peers are installed from Debian (nginx, libnginx-mod-http-lua, lua-cjson, wrk, and
 # redis-server with --redis). Everything listens on 127.0.0.1 only; everything started here is
 # stopped by PID on exit. Not a CI step: benchmarks prove speed, tests prove behaviour.
@@ -139,7 +139,11 @@ fi
 # A private copy: a build elsewhere in the shared target directory cannot swap it mid-run.
 BIN="$WORK/consistency-sidecar"
 cp "$BUILT" "$BIN"
-REVISION="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+if [ -n "${SIDECAR_BIN:-}" ]; then
+    REVISION="$SIDECAR_BIN (built $(date -u -r "$BUILT" '+%Y-%m-%d %H:%M UTC'))"
+else
+    REVISION="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+fi
 
 # --- the backend: nginx answering task statuses from memory ------------------------------------
 # Two fixes per response under the default rules: status completed with a stale stage
@@ -404,6 +408,16 @@ cpu_ticks() { # utime + stime of the given PIDs, in clock ticks
     echo "$total"
 }
 
+# Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0, needs ptrace rights over
+# the process), so each run reports its own peak; without it, VmHWM is the peak so far.
+HWM_SCOPE="during the run"
+reset_hwm() {
+    local pid
+    for pid in "$@"; do
+        echo 5 2>/dev/null >"/proc/$pid/clear_refs" || HWM_SCOPE="since start (clear_refs not writable)"
+    done
+}
+
 hwm_kb() { # sum of VmHWM of the given PIDs
     local pid total=0 kb
     for pid in "$@"; do
@@ -424,6 +438,7 @@ mkdir -p "$WORK/raw" "$WORK/results"
 run() {
     local key="$1" c="$2" round="$3" pids out t0 t1 l0 l1 reqs secs rps p50 p99 errs
     read -r -a pids <<<"$(pids_of "${ROOTPIDS[$key]}" | tr '\n' ' ')"
+    reset_hwm "${pids[@]}"
     t0="$(cpu_ticks "${pids[@]}")"
     l0="$( [ -n "${LOGFILE[$key]:-}" ] && stat -c %s "${LOGFILE[$key]}" || echo 0)"
     out="$(timeout $((DURATION_S + 60)) taskset -c "$LOAD_CPU" \
@@ -517,7 +532,7 @@ echo "- command: \`$COMMAND\` (measuring took ${ELAPSED}s)"
 echo "- sidecar: $REVISION, release build, default config and logging (RUST_LOG unset, log to a file); $(nginx -v 2>&1 | sed 's/nginx version: //'); $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
 echo "- load average (1, 5, 15 min) before measuring: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine perturbs the figures)"
 echo "- wrk -t1 --latency pinned to CPU $LOAD_CPU; proxy and backend (nginx, worker_processes 1, ~450-byte status from memory) pinned to CPU $PROXY_CPU; median of $ROUNDS interleaved rounds of ${DURATION_S}s"
-echo "- CPU/req: utime+stime of the proxy's processes over the run / requests; RSS: VmHWM (peak so far); log: sidecar log bytes/s"
+echo "- CPU/req: utime+stime of the proxy's processes over the run / requests; RSS: VmHWM ($HWM_SCOPE); log: sidecar log bytes/s"
 echo
 echo "| contender | conns | req/s | p50 | p99 | CPU µs/req | peak RSS | log | errors |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
