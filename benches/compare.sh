@@ -51,7 +51,9 @@ DURATION_S="${DURATION%s}"
     echo "compare.sh: duration must be whole seconds (e.g. 8s) and rounds a positive integer" >&2
     exit 64
 }
-COMMAND="benches/compare.sh --duration ${DURATION_S}s --rounds $ROUNDS --conns \"$CONNS\"$([ "$REDIS" = 1 ] && echo ' --redis' || true)"
+COMMAND="benches/compare.sh --duration ${DURATION_S}s --rounds $ROUNDS --conns \"$CONNS\""
+[ "$REDIS" = 1 ] && COMMAND+=" --redis"
+[ "$PROFILE" = 1 ] && COMMAND+=" --profile"
 
 log() { echo "compare.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -462,7 +464,7 @@ run() {
         -v tck="$CLK_TCK" -v hwm="$(hwm_kb "${pids[@]}")" -v dl=$((l1 - l0)) -v e="$errs" \
         'BEGIN { printf "%s %s %s %.1f %d %.0f %d\n", rps, p50, p99, dt * 1e6 / tck / r, hwm, dl / s, e }' \
         >>"$WORK/results/$key.c$c"
-    log "round $round: $key @$c: $rps req/s, p99 ${p99} µs$([ "$errs" -gt 0 ] && echo ", $errs errors" || true)"
+    log "round $round: $key @$c: $rps req/s, p99 ${p99} µs, $errs errors"
 }
 
 log "warming up"

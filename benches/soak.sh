@@ -123,5 +123,10 @@ timeout 7200 python3 "$ROOT/benches/soak_client.py" --proxy "$PROXY" --admin "$A
     --users "$USERS" --checkpoint "$CHECKPOINT" --probe-requests 1
 status=$?
 set -e
-echo "sidecar:    $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown), default logging wrote $(du -m "$WORK/sidecar.log" | cut -f1) MB, CPU $(awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); split($0, f, " "); printf "%.0f s", (f[12] + f[13]) / t}' "/proc/$SIDECAR_PID/stat")"
+if [ -n "${SIDECAR_BIN:-}" ]; then
+    REVISION="$SIDECAR_BIN (built $(date -u -r "$BUILT" '+%Y-%m-%d %H:%M UTC'))"
+else
+    REVISION="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+fi
+echo "sidecar:    $REVISION, default logging wrote $(du -m "$WORK/sidecar.log" | cut -f1) MB, CPU $(awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); split($0, f, " "); printf "%.0f s", (f[12] + f[13]) / t}' "/proc/$SIDECAR_PID/stat")"
 exit "$status"
