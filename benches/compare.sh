@@ -19,8 +19,9 @@
 # Harness: wrk (1 thread) pinned to CPU 0; the proxy under test and the backend (and redis-server)
 # pinned to CPU 1; keep-alive on every hop. Rounds are interleaved: every contender at every
 # connection count in round 1, then round 2, ... Each figure is the median over rounds of: req/s,
-# p50, p99, CPU µs per request of the proxy's processes (utime+stime from /proc/PID/stat around the
-# run), their peak RSS during the run (VmHWM, reset before each run) and, for sidecars, log bytes written per second.
+# p50, p99, CPU µs per request of the proxy's processes (utime+stime from /proc/PID/stat around
+# the run), their peak RSS during the run (VmHWM, reset before each run) and, for sidecars, the
+# log bytes written per second.
 # Missing peers are installed from Debian (nginx, libnginx-mod-http-lua, lua-cjson, wrk, and
 # redis-server with --redis). Everything listens on 127.0.0.1 only; everything started here is
 # stopped by PID on exit. Not a CI step: benchmarks prove speed, tests prove behaviour.
@@ -62,8 +63,10 @@ die() { log "$*"; exit 1; }
 need=()
 command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
-[ -e /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || [ -n "$(find /usr/lib -path '*lua/5.1/cjson.so' 2>/dev/null | head -1)" ] || need+=(lua-cjson)
+[ -n "$(find /usr/lib -path '*lua/5.1/cjson.so' 2>/dev/null | head -1)" ] || need+=(lua-cjson)
 command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
 [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null && need+=(linux-perf)
 if [ "$REDIS" = 1 ]; then
     command -v redis-server >/dev/null || need+=(redis-server)

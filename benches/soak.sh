@@ -14,11 +14,13 @@
 #   KEEP_WORK=1             keep the work directory (config, sidecar log)
 #
 # The sidecar runs its default config but for its addresses and the tracker's capacity: 5000
-# tasks, so the task memory is full and evicting long before the first checkpoint and the RSS
-# comparison looks for leaks rather than watching a bounded cache fill up (the run creates one
-# task per ~11 requests; the default capacity of 100,000 would be reached only at the end).
+# entries, so the task memory is full and evicting long before the first checkpoint and the RSS
+# comparison looks for leaks rather than watching a bounded cache fill up. (The run creates a
+# task per ~10 requests and the tracker keeps an entry per task and tracked route, two here: the
+# default capacity of 100,000 fills at about 500,000 requests.)
 # Everything listens on 127.0.0.1; everything started here is stopped by PID on exit.
-# Expect about 3 to 4 minutes for a million requests on 2 cores (the stand-in is the bottleneck).
+# Expect about 2.5 minutes for a million requests on 2 cores (the Python stand-in is the
+# bottleneck), plus the release build.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
