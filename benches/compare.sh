@@ -334,7 +334,7 @@ redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
     fi
     start_sidecar sidecar_redis "$REDIS_TOML"
     KEYS+=(sidecar_redis)
-    LABEL[sidecar_redis]="sidecar, task_status, Redis task memory"
+    LABEL[sidecar_redis]="sidecar + redis-server, task_status, Redis task memory"
     URL[sidecar_redis]="http://$SIDECAR_ADDR$FIX_PATH"
     # redis-server's work is part of this contender's cost.
     ROOTPIDS[sidecar_redis]="$SIDECAR_PID $REDIS_PID"
