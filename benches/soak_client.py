@@ -147,7 +147,7 @@ async def user(run, n):
             await flow(run, conn, task_no)
             task_no += run.args.users
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-            Failure) as e:
+            KeyError, TypeError, Failure) as e:
         run.fail(f"user {n}: {type(e).__name__}: {e}")
     finally:
         conn.close()
@@ -325,7 +325,7 @@ async def main():
          f"RSS at the end within 10% of RSS at {first[0]:,} requests"),
     ]
     for failure in run.failures[:10]:
-        print(f"  failure: {failure}")
+        print(f"  failure: {failure[:300]}")
     for mismatch in mismatches:
         print(f"  mismatch: {mismatch}")
     for ok, what in checks:
