@@ -547,7 +547,7 @@ for c in $CONNS; do
             "$(awk -v v="${MED[$key.$c.1]}" 'BEGIN { printf "%.1fk", v / 1000 }')" \
             "$(fmt_us "${MED[$key.$c.2]}")" "$(fmt_us "${MED[$key.$c.3]}")" "${MED[$key.$c.4]}" \
             "$(awk -v v="${MED[$key.$c.5]}" 'BEGIN { printf "%.1f MiB", v / 1024 }')" \
-            "$(awk -v v="${MED[$key.$c.6]}" -v k="${LOGFILE[$key]:-}" 'BEGIN { if (k == "") print "-"; else printf "%.0f KB/s", v / 1000 }')" \
+            "$(awk -v v="${MED[$key.$c.6]}" -v k="${LOGFILE[$key]:-}" 'BEGIN { if (k == "") print "-"; else printf "%.1f KB/s", v / 1000 }')" \
             "${MED[$key.$c.7]}"
     done
 done
