@@ -19,7 +19,7 @@
 # task per ~10 requests and the tracker keeps an entry per task and tracked route, two here: the
 # default capacity of 100,000 fills at about 500,000 requests.)
 # Everything listens on 127.0.0.1; everything started here is stopped by PID on exit.
-# Expect about 2.5 minutes for a million requests on 2 cores (the Python stand-in is the
+# Expect 2.5 to 5 minutes for a million requests on 2 cores (the Python stand-in is the
 # bottleneck), plus the release build.
 set -euo pipefail
 
