@@ -1,5 +1,8 @@
 //! The proxy path's metric families, registered beside the handles the layers use.
 
+use std::ops::Deref;
+use std::sync::Arc;
+
 use http::{Method, StatusCode};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -20,9 +23,13 @@ const REQUEST_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Handles for the request, shedding and upstream metrics; cheap to clone (reference counted).
+/// Handles for the request, shedding and upstream metrics. Cloned with every service clone (hyper
+/// clones the stack per request), so it is one reference count, not hundreds of handles.
 #[derive(Debug, Clone)]
-pub struct ProxyMetrics {
+pub struct ProxyMetrics(Arc<Handles>);
+
+#[derive(Debug)]
+pub struct Handles {
     /// Per route (the classifier's order: configured routes, then `other`).
     routes: Vec<RouteRequests>,
     upstream_errors: [IntCounter; UpstreamErrorReason::ALL.len()],
@@ -33,7 +40,7 @@ pub struct ProxyMetrics {
 }
 
 /// `consistency_proxy_requests_total` and the duration histogram of one route.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RouteRequests {
     /// Indexed by [`method_index`], then [`code_index`].
     requests: [[IntCounter; CODE_CLASSES.len()]; METHODS.len()],
@@ -81,7 +88,7 @@ impl ProxyMetrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(load_shed.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
-        Ok(ProxyMetrics {
+        Ok(ProxyMetrics(Arc::new(Handles {
             routes: routes
                 .iter()
                 .map(|route| RouteRequests {
@@ -95,9 +102,13 @@ impl ProxyMetrics {
                 .map(|reason| upstream_errors.with_label_values(&[reason.as_str()])),
             load_shed,
             inflight,
-        })
+        })))
     }
+}
 
+// === impl Handles ===
+
+impl Handles {
     /// The handles of a classified route; an index past the end is `other`.
     pub fn route(&self, index: usize) -> &RouteRequests {
         &self.routes[index.min(self.routes.len() - 1)]
@@ -105,6 +116,14 @@ impl ProxyMetrics {
 
     pub fn upstream_error(&self, reason: UpstreamErrorReason) -> &IntCounter {
         &self.upstream_errors[reason as usize]
+    }
+}
+
+impl Deref for ProxyMetrics {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
     }
 }
 
