@@ -14,21 +14,17 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::net::TcpStream;
 
-use prometheus::Registry;
-
-use crate::clock::LastSeen;
 use crate::metrics;
-use crate::report::{ReportBook, Started, Status};
-use crate::settings::Settings;
+use crate::reload::Reloader;
+use crate::report::{Started, Status};
+use crate::stack::Sidecar;
 
 /// The admin service; cheap to clone per connection.
 #[derive(Clone, Debug)]
 pub struct Admin {
-    settings: Arc<Settings>,
-    registry: Registry,
-    /// When the upstream last answered, for `/readyz`.
-    answered: Arc<LastSeen>,
-    report: Arc<ReportBook>,
+    sidecar: Arc<Sidecar>,
+    /// `POST /-/reload`; none when the sidecar serves without a configuration source.
+    reloader: Option<Arc<Reloader>>,
     started: Started,
 }
 
@@ -43,17 +39,10 @@ const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 // === impl Admin ===
 
 impl Admin {
-    pub fn new(
-        settings: Arc<Settings>,
-        registry: Registry,
-        answered: Arc<LastSeen>,
-        report: Arc<ReportBook>,
-    ) -> Admin {
+    pub fn new(sidecar: Arc<Sidecar>, reloader: Option<Arc<Reloader>>) -> Admin {
         Admin {
-            settings,
-            registry,
-            answered,
-            report,
+            sidecar,
+            reloader,
             started: Started {
                 at: Instant::now(),
                 wall: SystemTime::now(),
@@ -63,6 +52,9 @@ impl Admin {
 
     /// Answers one admin request; only the method and path are looked at.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/-/reload" {
+            return self.reload(req.method());
+        }
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             response
@@ -74,18 +66,25 @@ impl Admin {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.ready().await,
             "/metrics" => {
-                let mut response =
-                    Response::new(Full::new(Bytes::from(metrics::encode(&self.registry))));
+                let mut response = Response::new(Full::new(Bytes::from(metrics::encode(
+                    &self.sidecar.registry,
+                ))));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(metrics::CONTENT_TYPE),
                 );
                 response
             }
-            "/report" => text(StatusCode::OK, self.report.snapshot().to_text()),
+            "/report" => text(StatusCode::OK, self.sidecar.book().snapshot().to_text()),
             "/report.json" => {
-                let status =
-                    Status::collect(&self.report, &self.registry, &self.settings, self.started);
+                let settings = self.sidecar.current().settings.clone();
+                let mut status = Status::collect(
+                    &self.sidecar.book(),
+                    &self.sidecar.registry,
+                    &settings,
+                    self.started,
+                );
+                status.config = self.reloader.as_ref().map(|r| r.last());
                 let json = serde_json::to_vec_pretty(&status)
                     .unwrap_or_else(|_| br#"{"error": "report unavailable"}"#.to_vec());
                 let mut response = Response::new(Full::new(Bytes::from(json)));
@@ -125,11 +124,12 @@ impl Admin {
 
     /// Ready when the upstream answered within `proxy.ready_window`, or accepts a TCP connection now.
     async fn ready(&self) -> Response<Full<Bytes>> {
-        let proxy = &self.settings.config.proxy;
-        if self.answered.within(proxy.ready_window) {
+        let settings = self.sidecar.current().settings.clone();
+        let proxy = &settings.config.proxy;
+        if self.sidecar.answered.within(proxy.ready_window) {
             return text(StatusCode::OK, "ready: upstream answered recently\n");
         }
-        let authority = self.settings.config.upstream.authority();
+        let authority = settings.config.upstream.authority();
         let port = authority.port_u16().unwrap_or(80);
         match probe(authority.host(), port, proxy.connect_timeout).await {
             Ok(()) => text(StatusCode::OK, "ready: upstream accepts connections\n"),
@@ -137,6 +137,40 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: upstream {authority}: {problem}\n"),
             ),
+        }
+    }
+}
+
+// === impl Admin: reload ===
+
+impl Admin {
+    /// `POST /-/reload`: 200 with what happened, or 400 with the one line naming the key.
+    fn reload(&self, method: &Method) -> Response<Full<Bytes>> {
+        if *method != Method::POST {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only POST\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        let Some(reloader) = &self.reloader else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "no configuration source to reload from\n",
+            );
+        };
+        match reloader.reload("POST /-/reload") {
+            Ok(done) if done.unchanged_keys.is_empty() => {
+                text(StatusCode::OK, "configuration reloaded\n")
+            }
+            Ok(done) => text(
+                StatusCode::OK,
+                format!(
+                    "configuration reloaded; kept at their running value until a restart: {}\n",
+                    done.unchanged_keys.join(", ")
+                ),
+            ),
+            Err(line) => text(StatusCode::BAD_REQUEST, format!("{line}\n")),
         }
     }
 }

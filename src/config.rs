@@ -106,6 +106,9 @@ pub struct Config {
     /// `fix` patches inconsistent responses; `observe` only counts them.
     pub mode: Mode,
     pub log_format: LogFormat,
+    /// Re-read the config file when its content changes (checked every few seconds), as a
+    /// Kubernetes ConfigMap changes under a running pod; SIGHUP and `POST /-/reload` always work.
+    pub watch_config: bool,
     pub proxy: ProxyConfig,
     pub inspect: InspectConfig,
     pub model: ModelConfig,

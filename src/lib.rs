@@ -15,7 +15,8 @@
 //! - `metrics`: the registry each layer registers its own families into, build info, encoding.
 //! - `proxy`: the forwarding path: route classification, request metrics, load shedding, header
 //!   rewriting, the upstream connection pool, upgrades.
-//! - `stack`: the tower stack (`app`) and the state every worker shares.
+//! - `stack`: the tower stack (`app`) and the state every worker shares, one generation per configuration.
+//! - `reload`: hot reload (SIGHUP, `POST /-/reload`, `watch_config`): validate, keep restart-only keys, swap.
 //! - `runtime`: worker threads, each with a single-threaded runtime.
 //! - `clock`: a lock-free "last seen" instant.
 //! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`, the status page.
@@ -33,6 +34,7 @@ pub mod inspection;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod report;
 pub mod routes;
 pub mod runtime;

@@ -9,8 +9,24 @@ use crate::engine::Mode;
 /// The Content-Type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// `consistency_build_info{version,mode}`: always 1, for the running mode only.
+#[derive(Debug, Clone)]
+pub struct BuildInfo(IntGaugeVec);
+
+// === impl BuildInfo ===
+
+impl BuildInfo {
+    /// A reload may change the mode; the old series goes, so one series is always 1.
+    pub fn set_mode(&self, mode: Mode) {
+        self.0.reset();
+        self.0
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), mode.as_str()])
+            .set(1);
+    }
+}
+
 /// A registry holding `consistency_build_info{version,mode}` and the `process_*` collector.
-pub fn registry(mode: Mode) -> prometheus::Result<Registry> {
+pub fn registry(mode: Mode) -> prometheus::Result<(Registry, BuildInfo)> {
     let registry = Registry::new();
     let build_info = IntGaugeVec::new(
         Opts::new(
@@ -20,14 +36,13 @@ pub fn registry(mode: Mode) -> prometheus::Result<Registry> {
         &["version", "mode"],
     )?;
     registry.register(Box::new(build_info.clone()))?;
-    build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION"), mode.as_str()])
-        .set(1);
+    let build_info = BuildInfo(build_info);
+    build_info.set_mode(mode);
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
-    Ok(registry)
+    Ok((registry, build_info))
 }
 
 /// The registry in the Prometheus text format.

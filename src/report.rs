@@ -10,8 +10,8 @@ mod status;
 
 pub use history::{RatioHistory, Sample, SAMPLES_KEPT, SAMPLE_EVERY};
 pub use status::{
-    FixCount, HistoryStatus, ProxyStatus, RouteStatus, RuleCount, SidecarStatus, Started, Status,
-    TrackerStatus, OBJECTIVE,
+    ConfigStatus, FixCount, HistoryStatus, ProxyStatus, RouteStatus, RuleCount, SidecarStatus,
+    Started, Status, TrackerStatus, OBJECTIVE,
 };
 
 use std::collections::VecDeque;

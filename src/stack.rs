@@ -1,18 +1,25 @@
-//! The proxy's tower stack, and the parts every worker shares: the settings, the metric
-//! registry, the inspector with its task memory, and the upstream pool.
+//! The proxy's tower stack, and what every worker shares: the metric registry, the task memory
+//! and report (through the inspection state), the upstream pool, and the current configuration
+//! with the stack built for it.
+//!
+//! A configuration lives in a [`Generation`]. A reload builds a new one over the same shared
+//! state and swaps it in atomically: requests already in flight keep the generation they
+//! started with, new ones get the new one, and no counter or task memory is lost.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use prometheus::Registry;
 use tower::ServiceBuilder;
 
-use crate::admin::Admin;
 use crate::clock::LastSeen;
-use crate::inspection::{InspectLayer, InspectService, Inspector};
+use crate::inspection::{InspectLayer, InspectService, InspectionState, Inspector};
+use crate::metrics::BuildInfo;
 use crate::proxy::{
-    Classify, ClassifyLayer, Forward, PoolConfig, ProxyMetrics, RequestMetrics,
+    Classify, ClassifyLayer, Forward, PoolConfig, ProxyFamilies, ProxyMetrics, RequestMetrics,
     RequestMetricsLayer, Shed, ShedLayer, UpstreamPool,
 };
+use crate::report::ReportBook;
 use crate::routes::OTHER;
 use crate::settings::Settings;
 
@@ -23,25 +30,36 @@ pub type ProxyStack<U> = Classify<RequestMetrics<Shed<InspectService<Forward<U>>
 /// What the proxy's workers share; built once per sidecar.
 #[derive(Debug)]
 pub struct Sidecar {
-    pub settings: Arc<Settings>,
     pub registry: Registry,
-    pub proxy_metrics: ProxyMetrics,
-    pub inspector: Arc<Inspector>,
     /// When the upstream last answered; `/readyz` reads it.
     pub answered: Arc<LastSeen>,
     pub pool: UpstreamPool,
+    build_info: BuildInfo,
+    proxy_families: ProxyFamilies,
+    inspection: InspectionState,
+    /// The concurrency cap is one for the process, whatever the configuration.
     shed: ShedLayer,
+    current: ArcSwap<Generation>,
+}
+
+/// One configuration and everything built from it.
+#[derive(Debug)]
+pub struct Generation {
+    pub settings: Arc<Settings>,
+    pub proxy_metrics: ProxyMetrics,
+    pub inspector: Arc<Inspector>,
+    /// The stack in front of the upstream pool; cloned per request.
+    pub app: ProxyStack<UpstreamPool>,
 }
 
 // === impl Sidecar ===
 
 impl Sidecar {
-    /// Registers every metric family and creates the shared state.
+    /// Registers every metric family and creates the shared state and the first generation.
     pub fn new(settings: Arc<Settings>) -> prometheus::Result<Sidecar> {
-        let registry = crate::metrics::registry(settings.config.mode)?;
-        let route_names: Vec<&str> = settings.routes.names().chain([OTHER]).collect();
-        let proxy_metrics = ProxyMetrics::register(&registry, &route_names)?;
-        let inspector = Arc::new(Inspector::new(&settings, &registry)?);
+        let (registry, build_info) = crate::metrics::registry(settings.config.mode)?;
+        let proxy_families = ProxyFamilies::register(&registry)?;
+        let inspection = InspectionState::new(&settings, &registry)?;
         let proxy = &settings.config.proxy;
         let authority = settings.config.upstream.authority();
         let pool = UpstreamPool::new(PoolConfig {
@@ -55,47 +73,110 @@ impl Sidecar {
             max_idle: proxy.upstream_max_idle,
             max_connections: proxy.upstream_max_connections,
         });
-        let shed = ShedLayer::new(proxy.max_concurrent_requests, proxy_metrics.clone());
-        Ok(Sidecar {
+        let shed = ShedLayer::new(proxy.max_concurrent_requests, proxy_families.load_shed());
+        let answered = Arc::new(LastSeen::never());
+        let first = build(
             settings,
+            &proxy_families,
+            &inspection,
+            &shed,
+            &answered,
+            pool.clone(),
+        );
+        Ok(Sidecar {
             registry,
-            proxy_metrics,
-            inspector,
-            answered: Arc::new(LastSeen::never()),
+            answered,
             pool,
+            build_info,
+            proxy_families,
+            inspection,
             shed,
+            current: ArcSwap::from_pointee(first),
         })
     }
 
-    /// The stack in front of the upstream pool.
+    /// The generation new requests get.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// The current generation's stack, for one request.
     pub fn app(&self) -> ProxyStack<UpstreamPool> {
-        self.app_with(self.pool.clone())
+        self.current.load().app.clone()
     }
 
-    /// The stack in front of any upstream service: tests drive it with `oneshot` and a fake.
+    /// Builds a generation for `settings` and makes it the current one.
+    pub fn swap(&self, settings: Arc<Settings>) {
+        self.build_info.set_mode(settings.config.mode);
+        let next = build(
+            settings,
+            &self.proxy_families,
+            &self.inspection,
+            &self.shed,
+            &self.answered,
+            self.pool.clone(),
+        );
+        self.current.store(Arc::new(next));
+    }
+
+    /// The current stack in front of any upstream service: tests drive it with `oneshot`.
     pub fn app_with<U>(&self, upstream: U) -> ProxyStack<U> {
-        let config = &self.settings.config;
-        ServiceBuilder::new()
-            .layer(ClassifyLayer::new(self.settings.clone()))
-            .layer(RequestMetricsLayer::new(self.proxy_metrics.clone()))
-            .layer(self.shed.clone())
-            .layer(InspectLayer::new(self.inspector.clone()))
-            .service(Forward::new(
-                upstream,
-                config.upstream.authority().clone(),
-                config.proxy.response_header_timeout,
-                self.proxy_metrics.clone(),
-                self.answered.clone(),
-            ))
-    }
-
-    /// The admin port's service.
-    pub fn admin(&self) -> Admin {
-        Admin::new(
-            self.settings.clone(),
-            self.registry.clone(),
-            self.answered.clone(),
-            self.inspector.book(),
+        let current = self.current();
+        stack(
+            &current.settings,
+            &current.proxy_metrics,
+            &current.inspector,
+            &self.shed,
+            &self.answered,
+            upstream,
         )
     }
+
+    /// The report book, kept across generations.
+    pub fn book(&self) -> Arc<ReportBook> {
+        self.inspection.book.clone()
+    }
+}
+
+fn build(
+    settings: Arc<Settings>,
+    families: &ProxyFamilies,
+    inspection: &InspectionState,
+    shed: &ShedLayer,
+    answered: &Arc<LastSeen>,
+    pool: UpstreamPool,
+) -> Generation {
+    let route_names: Vec<&str> = settings.routes.names().chain([OTHER]).collect();
+    let proxy_metrics = ProxyMetrics::resolve(families, &route_names);
+    let inspector = Arc::new(Inspector::new(&settings, inspection));
+    let app = stack(&settings, &proxy_metrics, &inspector, shed, answered, pool);
+    Generation {
+        settings,
+        proxy_metrics,
+        inspector,
+        app,
+    }
+}
+
+fn stack<U>(
+    settings: &Arc<Settings>,
+    proxy_metrics: &ProxyMetrics,
+    inspector: &Arc<Inspector>,
+    shed: &ShedLayer,
+    answered: &Arc<LastSeen>,
+    upstream: U,
+) -> ProxyStack<U> {
+    let config = &settings.config;
+    ServiceBuilder::new()
+        .layer(ClassifyLayer::new(settings.clone()))
+        .layer(RequestMetricsLayer::new(proxy_metrics.clone()))
+        .layer(shed.clone())
+        .layer(InspectLayer::new(inspector.clone()))
+        .service(Forward::new(
+            upstream,
+            config.upstream.authority().clone(),
+            config.proxy.response_header_timeout,
+            proxy_metrics.clone(),
+            answered.clone(),
+        ))
 }

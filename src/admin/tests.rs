@@ -3,17 +3,115 @@
 use http_body_util::BodyExt;
 
 use super::*;
-use crate::config::Config;
+use crate::config::{self, Config};
+use crate::reload::ConfigSource;
+use crate::settings::Settings;
+
+fn sidecar() -> Arc<Sidecar> {
+    let settings = Arc::new(Settings::compile(Config::default()).expect("defaults compile"));
+    Arc::new(Sidecar::new(settings).expect("metrics register"))
+}
 
 fn admin() -> Admin {
-    let settings = Arc::new(Settings::compile(Config::default()).expect("defaults compile"));
-    let registry = crate::metrics::registry(settings.config.mode).expect("registry");
-    Admin::new(
-        settings,
-        registry,
-        Arc::new(LastSeen::never()),
-        Arc::new(ReportBook::new(10)),
+    Admin::new(sidecar(), None)
+}
+
+/// An admin service that reloads from `file`.
+fn reloading(file: &tempfile::NamedTempFile) -> (Admin, Arc<Sidecar>) {
+    let sidecar = sidecar();
+    let path = file.path().to_path_buf();
+    let source = ConfigSource {
+        path: Some(path.clone()),
+        load: Arc::new(move || config::load(Some(&path))),
+    };
+    let reloader = Reloader::new(sidecar.clone(), source, &sidecar.registry).expect("register");
+    (
+        Admin::new(sidecar.clone(), Some(Arc::new(reloader))),
+        sidecar,
     )
+}
+
+async fn post(admin: &Admin, path: &str) -> (StatusCode, String) {
+    let response = admin
+        .handle(Request::post(path).body(()).expect("request"))
+        .await;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn post_reload_swaps_a_valid_file_in_and_refuses_an_invalid_one_naming_the_key() {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), "mode = \"observe\"\n").expect("write");
+    let (admin, sidecar) = reloading(&file);
+    assert_eq!(
+        sidecar.current().settings.config.mode,
+        crate::engine::Mode::Fix
+    );
+
+    assert_eq!(
+        post(&admin, "/-/reload").await,
+        (StatusCode::OK, "configuration reloaded\n".to_string())
+    );
+    assert_eq!(
+        sidecar.current().settings.config.mode,
+        crate::engine::Mode::Observe
+    );
+
+    std::fs::write(file.path(), "[inspect]\nmax_body_bytez = 1\n").expect("write");
+    let (status, body) = post(&admin, "/-/reload").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body.starts_with("config error: inspect.max_body_bytez: unknown field"),
+        "{body}"
+    );
+    assert_eq!(body.lines().count(), 1, "{body}");
+    // Nothing changed.
+    assert_eq!(
+        sidecar.current().settings.config.mode,
+        crate::engine::Mode::Observe
+    );
+
+    std::fs::write(file.path(), "listen = \"127.0.0.1:1\"\n").expect("write");
+    let (status, body) = post(&admin, "/-/reload").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("until a restart: listen"), "{body}");
+    assert_eq!(
+        sidecar.current().settings.config.listen,
+        Config::default().listen
+    );
+
+    let text = String::from_utf8(crate::metrics::encode(&sidecar.registry)).expect("utf-8");
+    assert!(text.contains("consistency_config_reloads_total{result=\"success\"} 2"));
+    assert!(text.contains("consistency_config_reloads_total{result=\"failure\"} 1"));
+    assert!(text.contains("consistency_config_last_reload_successful 1"));
+    // The last file sets no mode: back to fix, and only the running mode has a series.
+    let build_info: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("consistency_build_info{"))
+        .collect();
+    assert_eq!(build_info.len(), 1, "{build_info:?}");
+    assert!(build_info[0].contains("mode=\"fix\""), "{build_info:?}");
+
+    let (_, _, json) = fetch(&admin, "/report.json").await;
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+    assert_eq!(json["config"]["reloads_succeeded"], 2);
+    assert_eq!(json["config"]["reloads_failed"], 1);
+    assert_eq!(json["config"]["unchanged_keys"][0], "listen");
+}
+
+#[tokio::test]
+async fn reload_wants_post_and_a_source() {
+    let (status, _) = post(&admin(), "/-/reload").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = fetch(&admin(), "/-/reload").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 async fn fetch(admin: &Admin, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {

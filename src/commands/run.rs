@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// Log format; `RUST_LOG` sets the filter [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,
+    /// Reload when the config file's content changes (checked every 2s), as a Kubernetes
+    /// ConfigMap changes under a running pod. SIGHUP and `POST /-/reload` on the admin port
+    /// reload in any case [default: the file's `watch_config`, false].
+    #[arg(long)]
+    pub watch_config: bool,
 }
 
 /// `--mode`: the engine's [`Mode`], spelt for clap (the engine does not know clap).
@@ -68,6 +73,9 @@ impl RunArgs {
                 ModeArg::Observe => Mode::Observe,
             };
         }
+        if self.watch_config {
+            config.watch_config = true;
+        }
         if let Some(format) = self.log_format {
             config.log_format = match format {
                 LogFormatArg::Text => LogFormat::Text,
@@ -85,7 +93,12 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Err(err) => return usage_error(&err),
     };
     crate::logging::init(settings.config.log_format);
-    match crate::server::run_until_signal(settings) {
+    let reload_args = args.clone();
+    let source = crate::reload::ConfigSource {
+        path: args.config.config.clone(),
+        load: std::sync::Arc::new(move || reload_args.load()),
+    };
+    match crate::server::run_until_signal(settings, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "sidecar stopped");

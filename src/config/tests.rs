@@ -138,7 +138,7 @@ fn each_mistake_is_one_line_naming_its_key() {
         // Unknown keys anywhere.
         (
             "bogus = 1".into(),
-            "bogus: unknown field `bogus`, expected one of `listen`, `upstream`, `admin_listen`, `mode`, `log_format`, `proxy`, `inspect`, `model`, `fields`, `tracker`, `routes`, `rules`".into(),
+            "bogus: unknown field `bogus`, expected one of `listen`, `upstream`, `admin_listen`, `mode`, `log_format`, `watch_config`, `proxy`, `inspect`, `model`, `fields`, `tracker`, `routes`, `rules`".into(),
         ),
         (
             "[proxy]\nmax_headerz = 3".into(),

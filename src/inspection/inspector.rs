@@ -17,7 +17,7 @@ use super::body::InspectBody;
 use super::budget::{Budget, Reservation};
 use super::decode::{Coding, DecodeError};
 use super::issue_log::RouteIssueLog;
-use super::metrics::{InspectionMetrics, RouteCounters, RouteLabels, Skip};
+use super::metrics::{InspectionFamilies, InspectionMetrics, RouteCounters, RouteLabels, Skip};
 use super::BoxError;
 use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet};
 use crate::report::ReportBook;
@@ -30,7 +30,17 @@ const BODY_DIGESTS: [&str; 4] = ["content-md5", "digest", "content-digest", "rep
 /// The response header naming the rules whose fixes were applied (off unless configured).
 pub const FIXED_HEADER: &str = "x-consistency-fixed";
 
-/// Everything inspection needs, shared by every connection.
+/// What outlives one configuration: the metric families, the task memory, the report book and
+/// the budget of held bytes. A reload builds a new [`Inspector`] over the same state.
+#[derive(Debug, Clone)]
+pub struct InspectionState {
+    families: InspectionFamilies,
+    pub tracker: Arc<TaskTracker>,
+    pub book: Arc<ReportBook>,
+    budget: Budget,
+}
+
+/// Everything inspection needs under one configuration, shared by every connection.
 #[derive(Debug)]
 pub struct Inspector {
     routes: Vec<InspectedRoute>,
@@ -62,15 +72,31 @@ enum Held<B> {
     Failed(VecDeque<Frame<Bytes>>, BoxError),
 }
 
+// === impl InspectionState ===
+
+impl InspectionState {
+    /// Registers the consistency and tracker metrics, and creates the task memory, the report
+    /// book and the budget of held bytes.
+    pub fn new(settings: &Settings, registry: &Registry) -> prometheus::Result<InspectionState> {
+        let config = &settings.config;
+        let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
+        TrackerCollector::register(registry, tracker.clone())?;
+        Ok(InspectionState {
+            families: InspectionFamilies::register(registry)?,
+            tracker,
+            book: Arc::new(ReportBook::new(config.inspect.recent_issues)),
+            budget: Budget::new(config.inspect.max_held_bytes),
+        })
+    }
+}
+
 // === impl Inspector ===
 
 impl Inspector {
-    /// Compiles the per-route state, creates the task memory and the report book, and
-    /// registers the consistency and tracker metrics.
-    pub fn new(settings: &Settings, registry: &Registry) -> prometheus::Result<Inspector> {
+    /// Compiles the per-route state of one configuration over the state that outlives it.
+    pub fn new(settings: &Settings, state: &InspectionState) -> Inspector {
         let config = &settings.config;
-        let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
-        let book = Arc::new(ReportBook::new(config.inspect.recent_issues));
+        let tracker = state.tracker.clone();
         let labels: Vec<RouteLabels<'_>> = settings
             .routes
             .iter()
@@ -83,8 +109,7 @@ impl Inspector {
                     .collect(),
             })
             .collect();
-        let metrics = InspectionMetrics::register(registry, &labels)?;
-        TrackerCollector::register(registry, tracker.clone())?;
+        let metrics = InspectionMetrics::resolve(&state.families, &labels);
         let routes = settings
             .routes
             .iter()
@@ -99,17 +124,17 @@ impl Inspector {
                 ),
             })
             .collect();
-        Ok(Inspector {
+        Inspector {
             routes,
             rules: settings.rules.clone(),
             tracker,
             metrics,
-            book,
-            budget: Budget::new(config.inspect.max_held_bytes),
+            book: state.book.clone(),
+            budget: state.budget.clone(),
             max_body_bytes: config.inspect.max_body_bytes,
             max_decoded_bytes: config.inspect.max_decoded_bytes,
             fixed_header: config.inspect.fixed_header,
-        })
+        }
     }
 
     /// The report book fed by this inspector.

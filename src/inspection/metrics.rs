@@ -25,7 +25,21 @@ pub enum Skip {
     Overloaded,
 }
 
-/// Handles for every inspected route, and the inspection time histogram.
+/// The consistency families, registered once; every configuration (the first, and each one a
+/// reload swaps in) resolves its per-route handles from them, so counters are never reset.
+#[derive(Debug, Clone)]
+pub struct InspectionFamilies {
+    checks: IntCounterVec,
+    results: IntCounterVec,
+    issues: IntCounterVec,
+    fixes: IntCounterVec,
+    skipped: IntCounterVec,
+    ratio: GaugeVec,
+    /// `consistency_inspect_duration_seconds`.
+    duration: Histogram,
+}
+
+/// Handles for every inspected route of one configuration, and the inspection time histogram.
 #[derive(Debug)]
 pub struct InspectionMetrics {
     /// `consistency_inspect_duration_seconds`.
@@ -85,14 +99,10 @@ impl Skip {
     }
 }
 
-// === impl InspectionMetrics ===
+// === impl InspectionFamilies ===
 
-impl InspectionMetrics {
-    /// Registers the families, with every route × level, reason and rule at 0 from the start.
-    pub fn register(
-        registry: &Registry,
-        routes: &[RouteLabels<'_>],
-    ) -> prometheus::Result<InspectionMetrics> {
+impl InspectionFamilies {
+    pub fn register(registry: &Registry) -> prometheus::Result<InspectionFamilies> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let family = IntCounterVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(family.clone()))?;
@@ -139,13 +149,42 @@ impl InspectionMetrics {
             .buckets(INSPECT_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(duration.clone()))?;
+        Ok(InspectionFamilies {
+            checks,
+            results,
+            issues,
+            fixes,
+            skipped,
+            ratio,
+            duration,
+        })
+    }
+}
 
+// === impl InspectionMetrics ===
+
+impl InspectionMetrics {
+    /// The handles of `routes`, with every route × level, reason and rule at 0 from the start.
+    pub fn resolve(families: &InspectionFamilies, routes: &[RouteLabels<'_>]) -> InspectionMetrics {
+        let InspectionFamilies {
+            checks,
+            results,
+            issues,
+            fixes,
+            skipped,
+            ratio,
+            duration,
+        } = families;
         let routes = routes
             .iter()
             .map(|route| {
                 let name = route.name;
                 let ratio = ratio.with_label_values(&[name]);
-                ratio.set(1.0);
+                // consistent ÷ checked, 1 with none: the counters may already hold a route that
+                // a reload brings back.
+                let route_checks = checks.with_label_values(&[name]);
+                let consistent = results.with_label_values(&[name, Level::Consistent.as_str()]);
+                ratio.set(crate::report::ratio(consistent.get(), route_checks.get()));
                 RouteCounters {
                     checks: checks.with_label_values(&[name]),
                     results: Level::ALL.map(|l| results.with_label_values(&[name, l.as_str()])),
@@ -177,7 +216,10 @@ impl InspectionMetrics {
                 }
             })
             .collect();
-        Ok(InspectionMetrics { duration, routes })
+        InspectionMetrics {
+            duration: duration.clone(),
+            routes,
+        }
     }
 
     pub fn route(&self, index: usize) -> Option<&RouteCounters> {

@@ -14,8 +14,8 @@ mod layer;
 mod metrics;
 
 pub use body::InspectBody;
-pub use inspector::{Inspector, FIXED_HEADER};
+pub use inspector::{InspectionState, Inspector, FIXED_HEADER};
 pub use layer::{InspectLayer, InspectService};
-pub use metrics::{InspectionMetrics, Skip};
+pub use metrics::{InspectionFamilies, InspectionMetrics, Skip};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -77,7 +77,8 @@ fn configured_label_combinations_exist_at_zero() {
 #[test]
 fn handles_count_into_the_families() {
     let sidecar = sidecar();
-    let m = &sidecar.proxy_metrics;
+    let current = sidecar.current();
+    let m = &current.proxy_metrics;
     m.route(0)
         .request(crate::proxy::method_index(&Method::GET), StatusCode::OK)
         .inc();

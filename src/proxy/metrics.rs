@@ -23,6 +23,16 @@ const REQUEST_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// The proxy families, registered once; each configuration resolves its route handles from them.
+#[derive(Debug, Clone)]
+pub struct ProxyFamilies {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: [IntCounter; UpstreamErrorReason::ALL.len()],
+    load_shed: IntCounter,
+    inflight: IntGauge,
+}
+
 /// Handles for the request, shedding and upstream metrics. Cloned with every service clone (hyper
 /// clones the stack per request), so it is one reference count, not hundreds of handles.
 #[derive(Debug, Clone)]
@@ -33,8 +43,6 @@ pub struct Handles {
     /// Per route (the classifier's order: configured routes, then `other`).
     routes: Vec<RouteRequests>,
     upstream_errors: [IntCounter; UpstreamErrorReason::ALL.len()],
-    /// `consistency_proxy_load_shed_total`.
-    pub load_shed: IntCounter,
     /// `consistency_proxy_inflight_requests`.
     pub inflight: IntGauge,
 }
@@ -47,12 +55,11 @@ pub struct RouteRequests {
     pub duration: Histogram,
 }
 
-// === impl ProxyMetrics ===
+// === impl ProxyFamilies ===
 
-impl ProxyMetrics {
-    /// Registers the families, with every route, method, code and reason at 0 from the start.
-    /// `routes` are the classifier's route names, `other` last.
-    pub fn register(registry: &Registry, routes: &[&str]) -> prometheus::Result<ProxyMetrics> {
+impl ProxyFamilies {
+    /// Registers the families, with every method, code and reason at 0 from the start.
+    pub fn register(registry: &Registry) -> prometheus::Result<ProxyFamilies> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "consistency_proxy_requests_total",
@@ -88,7 +95,38 @@ impl ProxyMetrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(load_shed.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
-        Ok(ProxyMetrics(Arc::new(Handles {
+        Ok(ProxyFamilies {
+            upstream_errors: UpstreamErrorReason::ALL
+                .map(|reason| upstream_errors.with_label_values(&[reason.as_str()])),
+            requests,
+            duration,
+            load_shed,
+            inflight,
+        })
+    }
+}
+
+impl ProxyFamilies {
+    /// `consistency_proxy_load_shed_total`, for the one shedding layer of the process.
+    pub fn load_shed(&self) -> IntCounter {
+        self.load_shed.clone()
+    }
+}
+
+// === impl ProxyMetrics ===
+
+impl ProxyMetrics {
+    /// The handles of `routes` (the classifier's route names, `other` last), every method and
+    /// code at 0 from the start.
+    pub fn resolve(families: &ProxyFamilies, routes: &[&str]) -> ProxyMetrics {
+        let ProxyFamilies {
+            requests,
+            duration,
+            upstream_errors,
+            inflight,
+            ..
+        } = families;
+        ProxyMetrics(Arc::new(Handles {
             routes: routes
                 .iter()
                 .map(|route| RouteRequests {
@@ -98,11 +136,9 @@ impl ProxyMetrics {
                     duration: duration.with_label_values(&[route]),
                 })
                 .collect(),
-            upstream_errors: UpstreamErrorReason::ALL
-                .map(|reason| upstream_errors.with_label_values(&[reason.as_str()])),
-            load_shed,
-            inflight,
-        })))
+            upstream_errors: upstream_errors.clone(),
+            inflight: inflight.clone(),
+        }))
     }
 }
 

@@ -20,7 +20,7 @@ pub use body::{BoxError, Guarded, ProxyBody};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{error_response, UpstreamError, UpstreamErrorReason};
 pub use forward::{ClientAddr, Forward, ForwardBody, UpstreamBody};
-pub use metrics::{code_index, method_index, ProxyMetrics, CODE_CLASSES, METHODS};
+pub use metrics::{code_index, method_index, ProxyFamilies, ProxyMetrics, CODE_CLASSES, METHODS};
 pub use pool::{ClientConnection, PoolConfig, PooledBody, UpstreamPool};
 pub use request_metrics::{RequestMetrics, RequestMetricsLayer};
 pub use shed::{Shed, ShedBody, ShedLayer};

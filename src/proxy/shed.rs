@@ -13,12 +13,12 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
+use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use super::body::Guarded;
 use super::error::error_response;
-use super::metrics::ProxyMetrics;
 
 /// An admitted response's body holding its permit, or the 503.
 pub type ShedBody<B> = Either<Guarded<B, OwnedSemaphorePermit>, Full<Bytes>>;
@@ -28,7 +28,8 @@ pub type ShedBody<B> = Either<Guarded<B, OwnedSemaphorePermit>, Full<Bytes>>;
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
     limit: usize,
-    metrics: ProxyMetrics,
+    /// `consistency_proxy_load_shed_total`.
+    shed: IntCounter,
 }
 
 #[derive(Debug, Clone)]
@@ -36,7 +37,8 @@ pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
     limit: usize,
-    metrics: ProxyMetrics,
+    /// `consistency_proxy_load_shed_total`.
+    shed: IntCounter,
 }
 
 pin_project! {
@@ -51,11 +53,11 @@ pin_project! {
 // === impl ShedLayer ===
 
 impl ShedLayer {
-    pub fn new(limit: usize, metrics: ProxyMetrics) -> ShedLayer {
+    pub fn new(limit: usize, shed: IntCounter) -> ShedLayer {
         ShedLayer {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
-            metrics,
+            shed,
         }
     }
 }
@@ -68,7 +70,7 @@ impl<S> Layer<S> for ShedLayer {
             inner,
             permits: self.permits.clone(),
             limit: self.limit,
-            metrics: self.metrics.clone(),
+            shed: self.shed.clone(),
         }
     }
 }
@@ -94,7 +96,7 @@ where
                 permit: Some(permit),
             },
             Err(_) => {
-                self.metrics.load_shed.inc();
+                self.shed.inc();
                 tracing::debug!(limit = self.limit, "load shed");
                 let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -30,6 +30,23 @@ pub struct Status {
     pub proxy: ProxyStatus,
     pub tracker: TrackerStatus,
     pub history: HistoryStatus,
+    /// The last configuration reload; none when the sidecar has nothing to reload from.
+    pub config: Option<ConfigStatus>,
+}
+
+/// Configuration reloads: the last one and how many there were.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// None until the first reload.
+    pub last_reload_successful: Option<bool>,
+    /// Unix seconds of the last reload attempt.
+    pub last_reload_at_unix: Option<u64>,
+    /// Why the last reload changed nothing: one line naming the key.
+    pub last_error: Option<String>,
+    /// Keys changed in the file but kept at their running value until a restart.
+    pub unchanged_keys: Vec<String>,
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +172,7 @@ impl Status {
                 evictions: series.by("consistency_tracker_evictions_total", &[], "reason"),
             },
             history: book.history(),
+            config: None,
         }
     }
 }

@@ -16,9 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::connection::Connection;
-use crate::proxy::UpstreamPool;
 use crate::settings::Settings;
-use crate::stack::{ProxyStack, Sidecar};
+use crate::stack::Sidecar;
 
 /// What each worker needs to serve client connections; cloned into every worker thread.
 #[derive(Clone)]
@@ -26,8 +25,7 @@ pub(super) struct Worker {
     /// One handle on the listening socket per worker, each taken by its worker: once every
     /// worker has stopped and dropped its own, the port refuses new connections.
     listeners: Arc<Mutex<Vec<std::net::TcpListener>>>,
-    app: ProxyStack<UpstreamPool>,
-    pool: UpstreamPool,
+    sidecar: Arc<Sidecar>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle: Duration,
     grace: Duration,
@@ -38,21 +36,21 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(
-        sidecar: &Sidecar,
+        sidecar: &Arc<Sidecar>,
         listener: std::net::TcpListener,
         workers: usize,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<Worker> {
-        let proxy = &sidecar.settings.config.proxy;
+        let settings = sidecar.current().settings.clone();
+        let proxy = &settings.config.proxy;
         let mut listeners = (1..workers.max(1))
             .map(|_| listener.try_clone())
             .collect::<std::io::Result<Vec<_>>>()?;
         listeners.push(listener);
         Ok(Worker {
             listeners: Arc::new(Mutex::new(listeners)),
-            app: sidecar.app(),
-            pool: sidecar.pool.clone(),
-            builder: Arc::new(connection_builder(&sidecar.settings)),
+            sidecar: sidecar.clone(),
+            builder: Arc::new(connection_builder(&settings)),
             idle: proxy.client_idle_timeout,
             grace: proxy.shutdown_grace,
             stop,
@@ -116,8 +114,8 @@ impl Worker {
     fn connection(&self, peer: SocketAddr) -> Connection {
         Connection {
             builder: self.builder.clone(),
-            app: self.app.clone(),
-            counted: self.pool.client_connection(),
+            sidecar: self.sidecar.clone(),
+            counted: self.sidecar.pool.client_connection(),
             peer,
             idle: self.idle,
             stop: self.stop.clone(),

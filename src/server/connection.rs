@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -22,12 +21,12 @@ use tower::Service;
 
 use crate::clock::LastSeen;
 use crate::proxy::{BoxError, ClientAddr, ClientConnection, ProxyBody, UpstreamPool};
-use crate::stack::ProxyStack;
+use crate::stack::{ProxyStack, Sidecar};
 
 /// Everything one client connection needs.
 pub(super) struct Connection {
     pub builder: Arc<auto::Builder<TokioExecutor>>,
-    pub app: ProxyStack<UpstreamPool>,
+    pub sidecar: Arc<Sidecar>,
     /// Counts this client for the upstream pool while it is open.
     pub counted: ClientConnection,
     pub peer: SocketAddr,
@@ -35,11 +34,12 @@ pub(super) struct Connection {
     pub stop: watch::Receiver<bool>,
 }
 
-/// Adapts hyper's requests to the stack: the body becomes a [`ProxyBody`], and the client's
-/// address rides along for `X-Forwarded-For`.
-#[derive(Clone)]
-struct FromClient<S> {
-    app: S,
+/// Hands each of hyper's requests to the stack of the current generation (so a reload takes
+/// effect on the next request, and a request in flight keeps the stack it started with). The
+/// body becomes a [`crate::proxy::ProxyBody`], and the client's address rides along for
+/// `X-Forwarded-For`.
+struct FromClient {
+    sidecar: Arc<Sidecar>,
     peer: SocketAddr,
 }
 
@@ -58,7 +58,7 @@ impl Connection {
     pub(super) async fn serve(self, stream: TcpStream) {
         let Connection {
             builder,
-            app,
+            sidecar,
             counted,
             peer,
             idle,
@@ -72,7 +72,7 @@ impl Connection {
             inner: stream,
             activity: activity.clone(),
         });
-        let service = TowerToHyperService::new(FromClient { app, peer });
+        let service = FromClient { sidecar, peer };
         let connection = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
         let mut closing = *stop.borrow();
@@ -107,22 +107,18 @@ impl Connection {
 
 // === impl FromClient ===
 
-impl<S, B> Service<Request<Incoming>> for FromClient<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<B>>,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = S::Future;
+impl hyper::service::Service<Request<Incoming>> for FromClient {
+    type Response = <ProxyStack<UpstreamPool> as Service<Request<ProxyBody>>>::Response;
+    type Error = <ProxyStack<UpstreamPool> as Service<Request<ProxyBody>>>::Error;
+    type Future = <ProxyStack<UpstreamPool> as Service<Request<ProxyBody>>>::Future;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.app.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> S::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut req = req.map(|body| body.map_err(BoxError::from).boxed_unsync());
         req.extensions_mut().insert(ClientAddr(self.peer));
-        self.app.call(req)
+        // Every layer of the stack is always ready (none holds back: shedding answers at once),
+        // so a fresh clone is called without waiting on `poll_ready`.
+        let mut app = self.sidecar.app();
+        app.call(req)
     }
 }
 

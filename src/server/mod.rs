@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::Admin;
+use crate::reload::{ConfigSource, Reloader};
 use crate::runtime;
 use crate::settings::Settings;
 use crate::stack::Sidecar;
@@ -34,9 +36,16 @@ pub async fn serve(
     listener: TcpListener,
     admin_listener: TcpListener,
     settings: Arc<Settings>,
+    source: Option<ConfigSource>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let sidecar = Sidecar::new(settings.clone()).map_err(io::Error::other)?;
+    let sidecar = Arc::new(Sidecar::new(settings.clone()).map_err(io::Error::other)?);
+    let reloader = match source {
+        Some(source) => Some(Arc::new(
+            Reloader::new(sidecar.clone(), source, &sidecar.registry).map_err(io::Error::other)?,
+        )),
+        None => None,
+    };
     let proxy = &settings.config.proxy;
     let workers = match proxy.workers {
         0 => runtime::default_workers(),
@@ -62,12 +71,18 @@ pub async fn serve(
             drop(done);
         }
     })?;
-    let admin = tokio::spawn(admin::serve(admin_listener, sidecar.admin(), stop_rx));
-    let upkeep = tokio::spawn(upkeep::run(
-        sidecar.inspector.clone(),
-        sidecar.pool.clone(),
-        settings.config.inspect.report_interval,
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        Admin::new(sidecar.clone(), reloader.clone()),
+        stop_rx,
     ));
+    let upkeep = tokio::spawn(upkeep::run(sidecar.clone()));
+    let reloads = reloader.map(|reloader| {
+        tokio::spawn(signals::reload_on_hangup(
+            reloader,
+            settings.config.watch_config,
+        ))
+    });
 
     shutdown.await;
     // The receivers see this even if they never looked at the channel before.
@@ -76,12 +91,16 @@ pub async fn serve(
     let _ = done_rx.recv().await;
     admin.abort();
     upkeep.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// What the binary runs: binds the configured addresses, serves, and stops on SIGTERM or SIGINT.
-pub fn run_until_signal(settings: Settings) -> io::Result<()> {
+/// What the binary runs: binds the configured addresses, serves, reloads `source` on SIGHUP (and
+/// on change with `watch_config`), and stops on SIGTERM or SIGINT.
+pub fn run_until_signal(settings: Settings, source: ConfigSource) -> io::Result<()> {
     // The admin port, signals and upkeep are light: one thread is plenty; the proxy port gets
     // its own worker threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -92,7 +111,14 @@ pub fn run_until_signal(settings: Settings) -> io::Result<()> {
         let signals = ShutdownSignals::install()?;
         let listener = bind(settings.config.listen, "listen").await?;
         let admin_listener = bind(settings.config.admin_listen, "admin_listen").await?;
-        serve(listener, admin_listener, Arc::new(settings), signals.wait()).await
+        serve(
+            listener,
+            admin_listener,
+            Arc::new(settings),
+            Some(source),
+            signals.wait(),
+        )
+        .await
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     result

@@ -1,6 +1,9 @@
-//! SIGTERM and SIGINT, the signals that start a graceful shutdown.
+//! SIGTERM and SIGINT, the signals that start a graceful shutdown; SIGHUP, the one that reloads.
 
 use std::io;
+use std::sync::Arc;
+
+use crate::reload::Reloader;
 
 /// SIGTERM and SIGINT, installed up front so neither kills the process once we listen.
 pub(super) struct ShutdownSignals {
@@ -39,4 +42,27 @@ impl ShutdownSignals {
             tracing::info!("Ctrl-C received");
         }
     }
+}
+
+/// Reloads on every SIGHUP and, with `watch`, whenever the file's content changes.
+pub(super) async fn reload_on_hangup(reloader: Arc<Reloader>, watch: bool) {
+    if watch {
+        tokio::spawn(reloader.clone().watch());
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload with POST /-/reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let _ = reloader.reload("SIGHUP");
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }

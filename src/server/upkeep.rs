@@ -5,22 +5,25 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::inspection::Inspector;
-use crate::proxy::UpstreamPool;
+use crate::stack::Sidecar;
 
-pub(super) async fn run(inspector: Arc<Inspector>, pool: UpstreamPool, report_interval: Duration) {
+pub(super) async fn run(sidecar: Arc<Sidecar>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_report = Instant::now() + report_interval;
+    // When the report was last logged; the interval is read anew each tick, as a reload may
+    // change it.
+    let mut last_report = Instant::now();
     loop {
         tick.tick().await;
-        inspector.tick();
-        inspector.book().sample();
-        pool.close_expired();
+        let current = sidecar.current();
+        current.inspector.tick();
+        sidecar.book().sample();
+        sidecar.pool.close_expired();
+        let report_interval = current.settings.config.inspect.report_interval;
         // Zero turns the periodic report off.
-        if !report_interval.is_zero() && Instant::now() >= next_report {
-            next_report += report_interval;
-            let report = inspector.book().snapshot();
+        if !report_interval.is_zero() && last_report.elapsed() >= report_interval {
+            last_report = Instant::now();
+            let report = sidecar.book().snapshot();
             tracing::info!(
                 total_checks = report.total_checks,
                 issues = report.issues_found,

@@ -100,9 +100,15 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sidecar = tokio::spawn(crate::server::serve(listener, admin, settings, async {
-        let _ = stopped.await;
-    }));
+    let sidecar = tokio::spawn(crate::server::serve(
+        listener,
+        admin,
+        settings,
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     println!("consistency-sidecar demo");
     println!("  stand-in legacy backend  http://{backend_addr}  (injects inconsistencies into {:.1}% of finished-task answers)", args.inject_rate * 100.0);

@@ -31,7 +31,8 @@ fn harness(edit: impl FnOnce(&mut Config)) -> Harness {
     edit(&mut config);
     let settings = Settings::compile(config).expect("valid test config");
     let registry = Registry::new();
-    let inspector = Arc::new(Inspector::new(&settings, &registry).expect("families register"));
+    let state = InspectionState::new(&settings, &registry).expect("families register");
+    let inspector = Arc::new(Inspector::new(&settings, &state));
     let routes = settings.routes.clone();
     Harness {
         registry,
