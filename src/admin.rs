@@ -84,12 +84,8 @@ impl Admin {
             }
             "/report" => text(StatusCode::OK, self.report.snapshot().to_text()),
             "/report.json" => {
-                let status = Status::collect(
-                    &self.report,
-                    &self.registry,
-                    &self.settings,
-                    self.started,
-                );
+                let status =
+                    Status::collect(&self.report, &self.registry, &self.settings, self.started);
                 let json = serde_json::to_vec_pretty(&status)
                     .unwrap_or_else(|_| br#"{"error": "report unavailable"}"#.to_vec());
                 let mut response = Response::new(Full::new(Bytes::from(json)));

@@ -128,7 +128,9 @@ fn status_reads_every_section_from_the_registry() {
     let registry = Registry::new();
     let family = |name: &str, labels: &[&str]| {
         let family = IntCounterVec::new(Opts::new(name, "test"), labels).expect("family");
-        registry.register(Box::new(family.clone())).expect("register");
+        registry
+            .register(Box::new(family.clone()))
+            .expect("register");
         family
     };
     let gauge = |name: &str, value: i64| {
@@ -155,7 +157,9 @@ fn status_reads_every_section_from_the_registry() {
         .inc();
     let skipped = family("consistency_skipped_total", &["route", "reason"]);
     skipped.with_label_values(&["task_status", "not_json"]);
-    skipped.with_label_values(&["test_history", "not_json"]).inc_by(5);
+    skipped
+        .with_label_values(&["test_history", "not_json"])
+        .inc_by(5);
     let requests = family(
         "consistency_proxy_requests_total",
         &["route", "method", "code"],
@@ -167,8 +171,8 @@ fn status_reads_every_section_from_the_registry() {
     let upstream_errors = family("consistency_proxy_upstream_errors_total", &["reason"]);
     upstream_errors.with_label_values(&["connect"]).inc();
     upstream_errors.with_label_values(&["timeout"]);
-    let load_shed = prometheus::IntCounter::new("consistency_proxy_load_shed_total", "test")
-        .expect("counter");
+    let load_shed =
+        prometheus::IntCounter::new("consistency_proxy_load_shed_total", "test").expect("counter");
     load_shed.inc();
     registry.register(Box::new(load_shed)).expect("register");
     gauge("consistency_proxy_inflight_requests", 2);
