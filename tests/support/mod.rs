@@ -13,11 +13,13 @@
 //! - [`process`]: [`tool`] (skip, or fail when `CI=true`), [`free_port`], [`run`]/[`run_ok`],
 //!   and [`Process`], a child killed on drop whose output the test can wait on.
 //! - [`deploy`]: the files under `deploy/`, YAML through `yaml-rust2`.
+//! - [`browser`]: [`browser::Browser`], a real headless Chromium driven over DevTools.
 //!
 //! Every wait is bounded by [`PATIENCE`]; reaching it is a failure, not a timing claim.
 // Each test binary uses its own share of these helpers and re-exports.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod client;
 pub mod deploy;
 pub mod process;
