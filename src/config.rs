@@ -757,6 +757,17 @@ impl TransitionKind {
     }
 }
 
+/// Where the task memory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackerStore {
+    /// In this process only: each replica remembers what it sent itself.
+    #[default]
+    Local,
+    /// Shared by every replica through one Redis server; local memory when Redis fails.
+    Redis,
+}
+
 /// Task memory across polls.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -765,6 +776,18 @@ pub struct TrackerConfig {
     pub capacity: usize,
     /// A task not seen for this long is forgotten.
     pub ttl: HumanDuration,
+    /// `local`, or `redis` to share the memory between replicas.
+    pub store: TrackerStore,
+    /// store = "redis": `redis://[[user]:password@]host[:port][/db]` or `redis+unix:///path`.
+    pub redis_url: String,
+    /// store = "redis": prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// store = "redis": the longest a response waits for Redis before local memory judges it.
+    pub timeout: HumanDuration,
+    /// store = "redis": the longest one connection attempt may take (in the background).
+    pub connect_timeout: HumanDuration,
+    /// store = "redis": while Redis is down, how often to try it again.
+    pub retry_interval: HumanDuration,
     /// Keyed by rule name.
     pub rules: BTreeMap<TransitionKind, TransitionRuleConfig>,
 }
@@ -779,6 +802,20 @@ impl TrackerConfig {
             level: over.level.unwrap_or(base.level),
             fix: over.fix.unwrap_or(base.fix),
         }
+    }
+
+    /// The shared store's keys: a URL the Redis client accepts, a prefix safe to read in a key.
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        crate::tracker::check_redis_url(&self.redis_url)
+            .map_err(|problem| ConfigError::new("tracker.redis_url", problem))?;
+        let safe = |b: u8| b.is_ascii_alphanumeric() || b"_:.-".contains(&b);
+        if self.key_prefix.len() > 64 || !self.key_prefix.bytes().all(safe) {
+            return Err(ConfigError::new(
+                "tracker.key_prefix",
+                format!("{:?} must match [A-Za-z0-9_:.-]{{0,64}}", self.key_prefix),
+            ));
+        }
+        Ok(())
     }
 
     fn fill_defaults(&mut self) {
@@ -801,6 +838,12 @@ impl Default for TrackerConfig {
         let mut tracker = TrackerConfig {
             capacity: 100_000,
             ttl: Duration::from_secs(24 * 3600).into(),
+            store: TrackerStore::Local,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "consistency:".into(),
+            timeout: Duration::from_millis(50).into(),
+            connect_timeout: Duration::from_secs(1).into(),
+            retry_interval: Duration::from_secs(1).into(),
             rules: BTreeMap::new(),
         };
         tracker.fill_defaults();
@@ -915,11 +958,15 @@ impl Config {
             ),
             ("proxy.client_idle_timeout", self.proxy.client_idle_timeout),
             ("tracker.ttl", self.tracker.ttl),
+            ("tracker.timeout", self.tracker.timeout),
+            ("tracker.connect_timeout", self.tracker.connect_timeout),
+            ("tracker.retry_interval", self.tracker.retry_interval),
         ] {
             if d.0.is_zero() {
                 return Err(ConfigError::new(key, "must be greater than 0s"));
             }
         }
+        self.tracker.validate_store()?;
         if self.model.statuses.is_empty() {
             return Err(ConfigError::new("model.statuses", "must not be empty"));
         }

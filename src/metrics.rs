@@ -19,6 +19,7 @@ use crate::config::{Level, TransitionKind};
 use crate::inspection::Skip;
 use crate::routes::OTHER;
 use crate::settings::Settings;
+use crate::tracker::StoreErrorReason;
 
 /// The Content-Type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -103,6 +104,10 @@ pub struct Metrics {
     pub tracked_tasks: IntGauge,
     /// `consistency_tracker_evictions_total{reason}`.
     pub tracker_evictions: IntCounterVec,
+    /// `consistency_tracker_store_errors_total{reason}`: see [`StoreErrorReason`].
+    pub tracker_store_errors: IntCounterVec,
+    /// `consistency_tracker_store_up`: 1 while the configured task store answers.
+    pub tracker_store_up: IntGauge,
 
     /// When the upstream last sent a response head; `/readyz` reads it.
     pub upstream_seen: UpstreamSeen,
@@ -258,6 +263,21 @@ impl Metrics {
             "Tasks forgotten to stay within capacity (capacity) or after their TTL (ttl).",
             &["reason"],
         )?;
+        let tracker_store_errors = counter(
+            "consistency_tracker_store_errors_total",
+            "Responses the shared task store (Redis) did not judge, left to local memory, by reason.",
+            &["reason"],
+        )?;
+        let tracker_store_up = register(
+            &registry,
+            IntGauge::new(
+                "consistency_tracker_store_up",
+                "1 while the task store answers (always with store = \"local\"), else 0.",
+            )?,
+        )?;
+        for reason in StoreErrorReason::ALL {
+            tracker_store_errors.with_label_values(&[reason.as_str()]);
+        }
 
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -314,6 +334,8 @@ impl Metrics {
             inspect_duration,
             tracked_tasks,
             tracker_evictions,
+            tracker_store_errors,
+            tracker_store_up,
             upstream_seen: UpstreamSeen::new(),
             proxy_routes,
             upstream_error_handles,

@@ -14,7 +14,7 @@ mod metrics;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -34,7 +34,7 @@ use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpe
 use crate::metrics::Metrics;
 use crate::report::ReportBook;
 use crate::settings::Settings;
-use crate::tracker::{EvictionReason, TaskTracker};
+use crate::tracker::{EvictionReason, TaskMemory};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,7 +49,7 @@ pub const FIXED_HEADER: &str = "x-consistency-fixed";
 pub struct Inspector {
     routes: Vec<InspectedRoute>,
     rules: Arc<RuleSet>,
-    tracker: Arc<TaskTracker>,
+    tracker: Arc<TaskMemory>,
     metrics: Arc<Metrics>,
     book: Arc<ReportBook>,
     budget: Budget,
@@ -82,7 +82,7 @@ impl Inspector {
     /// Compiles the per-route state and creates the task memory and the report book.
     pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Inspector {
         let config = &settings.config;
-        let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
+        let tracker = Arc::new(TaskMemory::new(settings, &metrics));
         let book = Arc::new(ReportBook::new(config.inspect.recent_issues));
         let routes = config
             .routes
@@ -114,19 +114,18 @@ impl Inspector {
         self.book.clone()
     }
 
-    /// Periodic upkeep, from one task only: forgets expired tasks and brings the tracker's
-    /// gauge and eviction counters up to date.
+    /// Periodic upkeep, from one task only: forgets expired tasks, keeps the shared store
+    /// connected, and brings the tracker's gauge and eviction counters up to date.
     pub fn maintain(&self) {
-        self.tracker.purge_expired();
-        self.metrics
-            .tracked_tasks
-            .set(self.tracker.tracked() as i64);
+        self.tracker.maintain();
+        let tracker = self.tracker.local();
+        self.metrics.tracked_tasks.set(tracker.tracked() as i64);
         for reason in [EvictionReason::Capacity, EvictionReason::Ttl] {
             let counter = self
                 .metrics
                 .tracker_evictions
                 .with_label_values(&[reason.as_str()]);
-            let total = self.tracker.evictions(reason);
+            let total = tracker.evictions(reason);
             if total > counter.get() {
                 counter.inc_by(total - counter.get());
             }
@@ -223,7 +222,7 @@ impl Inspector {
             }
         };
 
-        let Some(inspection) = self.run_engine(route, target, &decoded) else {
+        let Some(inspection) = self.run_engine(route, target, &decoded).await else {
             target.counters.skip(Skip::Error);
             return replay(head, raw, trailers, reservation);
         };
@@ -261,25 +260,32 @@ impl Inspector {
         replay(head, patched, trailers, reservation)
     }
 
-    /// Runs the engine; a panic inside it is caught, logged and reported as `None`.
-    fn run_engine(
+    /// Runs the engine (twice with a shared task store, around its round trip); a panic
+    /// inside it is caught, logged and reported as `None`.
+    async fn run_engine(
         &self,
         route: usize,
         target: &InspectedRoute,
         body: &Bytes,
     ) -> Option<Inspection> {
-        let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if target.track {
-                let mut memory = self.tracker.judge_for(route as u16);
-                engine::inspect(&self.rules, &target.spec, body, &mut memory)
-            } else {
-                engine::inspect(&self.rules, &target.spec, body, &mut NoMemory)
-            }
-        }));
+        // Time in the engine only: the store's round trip is not inspection work.
+        let mut engine_time = Duration::ZERO;
+        let mut inspect = |judge: &mut dyn engine::TransitionJudge| {
+            let started = Instant::now();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                engine::inspect(&self.rules, &target.spec, body, judge)
+            }));
+            engine_time += started.elapsed();
+            result
+        };
+        let result = if target.track {
+            self.tracker.judged(route, &mut inspect).await
+        } else {
+            inspect(&mut NoMemory)
+        };
         self.metrics
             .inspect_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(engine_time.as_secs_f64());
         match result {
             Ok(inspection) => Some(inspection),
             Err(_) => {

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 
 use super::shard::{Changes, Clock, Key, Shard};
-use super::transition::Transitions;
+use super::transition::{Snapshot, Transitions};
 use crate::config::{ModelConfig, TrackerConfig};
 use crate::engine::{RecordState, TransitionFinding, TransitionJudge};
 
@@ -161,6 +161,11 @@ impl TaskTracker {
         removed
     }
 
+    /// The compiled model and transition rules.
+    pub(crate) fn transitions(&self) -> &Transitions {
+        &self.transitions
+    }
+
     fn judge(
         &self,
         route: u16,
@@ -168,15 +173,20 @@ impl TaskTracker {
         task_id: &str,
         state: &RecordState,
     ) -> Vec<TransitionFinding> {
-        let key = self.key(route, task_id);
-        let last = self.lock(self.shard(key.hash)).get(key, self.clock(now_ms));
         // The lock is released before any message is formatted.
-        match last {
+        match self.recall(route, now_ms, task_id) {
             Some(last) => self
                 .transitions
                 .judge(&last, &self.transitions.snapshot(state)),
             None => Vec::new(),
         }
+    }
+
+    /// The unexpired memory of a task, without touching its recency.
+    fn recall(&self, route: u16, now_ms: u64, task_id: &str) -> Option<Snapshot> {
+        let key = self.key(route, task_id);
+        self.lock(self.shard(key.hash))
+            .get(key, self.clock(now_ms))
     }
 
     fn remember(&self, route: u16, now_ms: u64, task_id: &str, sent: &RecordState) {
@@ -295,6 +305,13 @@ fn shard_count(capacity: usize) -> usize {
 }
 
 // === impl RouteMemory ===
+
+impl RouteMemory<'_> {
+    /// What this route's memory holds for a task, as `judge` would compare against it.
+    pub(crate) fn recall(&self, task_id: &str) -> Option<Snapshot> {
+        self.tracker.recall(self.route, self.now_ms, task_id)
+    }
+}
 
 impl TransitionJudge for RouteMemory<'_> {
     fn judge(&mut self, task_id: &str, state: &RecordState) -> Vec<TransitionFinding> {

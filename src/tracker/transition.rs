@@ -164,13 +164,25 @@ impl Transitions {
         findings
     }
 
+    /// The position in the flow given to `model.failed_stage` (see [`rank`](Self::rank)).
+    pub fn failed_rank(&self) -> usize {
+        self.stages.len().saturating_sub(1)
+    }
+
+    /// Whether `kind` is enabled and set to fix: the engine then applies its fix in fix mode
+    /// unless a single-record rule objects.
+    pub fn fixes(&self, kind: TransitionKind) -> bool {
+        let (rule, _) = self.rule(kind);
+        rule.enabled && rule.fix
+    }
+
     /// Position in the flow. The success stage and the failed stage both end the flow, so
     /// leaving the failed stage for a working stage is a regression, while completed ↔ failed
     /// is left to `terminal_changed`.
     fn rank(&self, stage: u16) -> Option<usize> {
         match stage {
             UNKNOWN => None,
-            FAILED => Some(self.stages.len().saturating_sub(1)),
+            FAILED => Some(self.failed_rank()),
             pos => Some(usize::from(pos)),
         }
     }
@@ -195,7 +207,7 @@ impl Transitions {
 
     /// A failing task legitimately drops its progress (to 0): its status or its stage is
     /// named `model.failed_stage`.
-    fn is_failing(&self, now: &Snapshot) -> bool {
+    pub fn is_failing(&self, now: &Snapshot) -> bool {
         now.stage == FAILED || (now.status != UNKNOWN && now.status == self.failed_status)
     }
 
