@@ -46,6 +46,9 @@ pub(crate) struct RedisStore {
     state: AtomicU8,
     probing: AtomicBool,
     metrics: StoreMetrics,
+    /// Keys corrected so far: the tests check that the script's predictions hold.
+    #[cfg(test)]
+    corrected: std::sync::atomic::AtomicU64,
 }
 
 /// A tracked record as the first pass saw it: its task, and what it would be judged on.
@@ -110,6 +113,8 @@ impl RedisStore {
             state: AtomicU8::new(STATE_UNKNOWN),
             probing: AtomicBool::new(false),
             metrics,
+            #[cfg(test)]
+            corrected: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -178,7 +183,18 @@ impl RedisStore {
                 .arg(&correction.stored)
                 .arg(&correction.value);
         }
-        let _: Option<u64> = self.call(&call, deadline).await;
+        let corrected: Option<u64> = self.call(&call, deadline).await;
+        #[cfg(test)]
+        self.corrected
+            .fetch_add(corrected.unwrap_or(0), Ordering::Relaxed);
+        #[cfg(not(test))]
+        let _ = corrected;
+    }
+
+    /// Keys corrected so far.
+    #[cfg(test)]
+    pub fn corrected(&self) -> u64 {
+        self.corrected.load(Ordering::Relaxed)
     }
 
     /// Runs a script call by `deadline`; failures are counted and mark the store down.

@@ -152,6 +152,12 @@ impl TaskMemory {
         }
     }
 
+    /// Keys of the shared store corrected after the engine vetoed a predicted fix.
+    #[cfg(test)]
+    pub(crate) fn corrected(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |s| s.redis.corrected())
+    }
+
     /// Runs `run` (which calls the engine with the judge it is given) for one response of
     /// configured route `route`, and returns its result.
     ///

@@ -1,16 +1,31 @@
-//! Unit tests for the task memory: each transition rule, eviction by capacity and by TTL,
-//! and many threads polling many tasks at once.
+//! Unit tests for the task memory: each transition rule, eviction by capacity and by TTL, many
+//! threads polling many tasks at once, and the shared store on a real `redis-server`.
+//!
+//! The rules' suite runs against both stores (`local::*` and `redis::*`, see
+//! [`both_stores!`]); the Redis tests start a `redis-server` of their own on a free loopback
+//! port and fail in CI without one.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::*;
 use crate::config::{
-    Field, Level, ModelConfig, TrackerConfig, TransitionKind, TransitionRuleConfig,
+    Config, Field, Level, ModelConfig, TrackerConfig, TrackerStore, TransitionKind,
+    TransitionRuleConfig,
 };
 use crate::engine::{RecordState, TransitionFinding, TransitionJudge};
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+
+#[path = "../../tests/support/tool.rs"]
+mod tool;
+use tool::have_tool;
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 fn state(status: &str, stage: &str, progress: f64) -> RecordState {
     RecordState {
@@ -46,12 +61,199 @@ fn rules(findings: &[TransitionFinding]) -> Vec<&str> {
     findings.iter().map(|f| &*f.rule).collect()
 }
 
-/// Judges `after` against a task last sent as `before`.
-fn transition(before: &RecordState, after: &RecordState) -> Vec<TransitionFinding> {
-    let t = tracker();
-    assert!(poll(&t, 0, "t1", before).is_empty());
-    poll(&t, 0, "t1", after)
+// === the suite of both stores ===
+
+/// Which store a test of the shared suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Local,
+    Redis,
 }
+
+/// Generates `local::NAME` and `redis::NAME` for each `async fn NAME(kind: Kind)`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Kind::Local).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if super::have_tool("redis-server") {
+                        super::$name(super::Kind::Redis).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A task memory under test. With [`Kind::Redis`], two replicas on a `redis-server` of their
+/// own, taking the polls in turn: each replica's local memory sees only half of them, so only
+/// the shared memory can give the answers the local store gives.
+struct Memory {
+    replicas: Vec<(TaskMemory, Metrics)>,
+    turn: AtomicUsize,
+    /// Declared last, so dropped last: the server outlives the replicas' connections.
+    redis: Option<RedisServer>,
+    ids: AtomicUsize,
+}
+
+impl Memory {
+    fn new(kind: Kind, tracker: TrackerConfig) -> Memory {
+        let redis = (kind == Kind::Redis)
+            .then(|| RedisServer::start().expect("the test checked for redis-server"));
+        Memory::on(redis, tracker)
+    }
+
+    /// Replicas on `redis` (one local replica without); the Redis timeout is generous, so
+    /// that a loaded machine never sends a poll to the fallback: the suite proves the Redis
+    /// path.
+    fn on(redis: Option<RedisServer>, tracker: TrackerConfig) -> Memory {
+        let config = match &redis {
+            Some(server) => Config {
+                tracker: TrackerConfig {
+                    store: TrackerStore::Redis,
+                    redis_url: server.url(),
+                    timeout: Duration::from_secs(5).into(),
+                    ..tracker
+                },
+                ..Config::default()
+            },
+            None => Config {
+                tracker,
+                ..Config::default()
+            },
+        };
+        let replicas = if redis.is_some() { 2 } else { 1 };
+        let settings = Settings::compile(config).expect("test config is valid");
+        Memory {
+            replicas: (0..replicas)
+                .map(|_| {
+                    let metrics = Metrics::new(&settings);
+                    (TaskMemory::new(&settings, &metrics), metrics)
+                })
+                .collect(),
+            turn: AtomicUsize::new(0),
+            redis,
+            ids: AtomicUsize::new(0),
+        }
+    }
+
+    /// The replica whose turn it is.
+    fn next(&self) -> &TaskMemory {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        &self.replicas[turn % self.replicas.len()].0
+    }
+
+    /// One response of `route` with one record: judged as `judged`, sent as `sent`.
+    ///
+    /// With Redis, it must have been judged there, not by the fallback; and the judge
+    /// script's value must be what the engine's memory became, so that no correction was
+    /// needed, unless a fix was proposed and not applied (`sent` is as judged).
+    async fn exchange(
+        &self,
+        route: usize,
+        id: &str,
+        judged: &RecordState,
+        sent: &RecordState,
+    ) -> Vec<TransitionFinding> {
+        let replica = self.next();
+        let corrected = replica.corrected();
+        let findings = replica
+            .judged(route, |judge| {
+                let findings = judge.judge(id, judged);
+                judge.remember(id, sent);
+                findings
+            })
+            .await;
+        assert_eq!(self.store_errors(), 0, "a poll fell back to local memory");
+        let vetoed = judged == sent && findings.iter().any(|f| f.fix.is_some());
+        assert_eq!(
+            replica.corrected() - corrected,
+            u64::from(vetoed && self.redis.is_some()),
+            "the judge script's value differs from the engine's memory"
+        );
+        findings
+    }
+
+    /// One poll: judged, then remembered as received.
+    async fn poll(&self, route: usize, id: &str, s: &RecordState) -> Vec<TransitionFinding> {
+        self.exchange(route, id, s, s).await
+    }
+
+    /// Judges `after` against a task of its own last sent as `before`.
+    async fn transition(
+        &self,
+        before: &RecordState,
+        after: &RecordState,
+    ) -> Vec<TransitionFinding> {
+        let id = format!("t{}", self.ids.fetch_add(1, Ordering::Relaxed));
+        assert!(self.poll(0, &id, before).await.is_empty());
+        self.poll(0, &id, after).await
+    }
+
+    /// Tasks remembered: by the local memory, or as keys in Redis.
+    fn tracked(&self) -> usize {
+        match &self.redis {
+            None => self.replicas[0].0.local().tracked(),
+            Some(server) => {
+                let reply = server.command(r#"EVAL "return #redis.call('KEYS', ARGV[1])" 0 consistency:*:*:*"#);
+                reply
+                    .trim()
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("key count, got {reply:?}"))
+            }
+        }
+    }
+
+    fn store_errors(&self) -> u64 {
+        self.replicas
+            .iter()
+            .flat_map(|(_, metrics)| {
+                StoreErrorReason::ALL.map(|reason| {
+                    metrics
+                        .tracker_store_errors
+                        .with_label_values(&[reason.as_str()])
+                        .get()
+                })
+            })
+            .sum()
+    }
+}
+
+both_stores!(
+    a_task_moving_forward_finds_nothing,
+    the_first_poll_of_a_task_finds_nothing,
+    stage_regression_fires_without_fix_by_default,
+    stage_regression_holds_the_last_stage_when_configured,
+    stage_regression_does_not_fire_on_same_or_later_stage_or_unknown,
+    failing_from_any_stage_is_not_a_stage_regression,
+    leaving_the_failed_stage_for_a_working_stage_is_a_stage_regression,
+    terminal_reopened_fires_when_a_completed_task_runs_again,
+    terminal_reopened_fires_for_a_failed_task,
+    a_reopened_task_also_reports_what_else_went_back,
+    terminal_rules_do_not_fire_before_terminal_or_on_unknown_status,
+    terminal_changed_fires_both_ways,
+    progress_regression_fixes_to_the_last_progress_sent,
+    progress_regression_does_not_fire_on_equal_higher_or_absent_progress,
+    a_task_that_fails_legitimately_drops_to_zero_without_progress_regression,
+    memory_holds_the_last_known_value_of_a_field_a_record_lacked,
+    memory_stores_what_was_sent_not_what_was_judged,
+    a_fix_the_engine_did_not_apply_is_not_remembered,
+    a_task_seen_twice_in_one_response_is_judged_in_record_order,
+    disabled_rules_and_configured_levels_are_honoured,
+    rule_names_are_shared_not_allocated_per_finding,
+    the_same_task_id_on_two_routes_is_two_tasks,
+    a_task_not_seen_for_the_ttl_starts_afresh,
+);
 
 #[test]
 fn rules_are_indexed_like_transition_kind_all() {
@@ -60,9 +262,8 @@ fn rules_are_indexed_like_transition_kind_all() {
     }
 }
 
-#[test]
-fn a_task_moving_forward_finds_nothing() {
-    let t = tracker();
+async fn a_task_moving_forward_finds_nothing(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
     let flow = [
         state("pending", "init", 0.0),
         state("running", "ai_fetching", 20.0),
@@ -73,24 +274,23 @@ fn a_task_moving_forward_finds_nothing() {
         state("completed", "completed", 100.0),
     ];
     for s in &flow {
-        assert_eq!(poll(&t, 0, "t1", s), Vec::new(), "{s:?}");
+        assert_eq!(t.poll(0, "t1", s).await, Vec::new(), "{s:?}");
     }
     assert_eq!(t.tracked(), 1);
 }
 
-#[test]
-fn the_first_poll_of_a_task_finds_nothing() {
-    let t = tracker();
-    assert!(poll(&t, 0, "t1", &state("completed", "completed", 100.0)).is_empty());
-    assert!(poll(&t, 0, "t2", &state("running", "init", 0.0)).is_empty());
+async fn the_first_poll_of_a_task_finds_nothing(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    assert!(t.poll(0, "t1", &state("completed", "completed", 100.0)).await.is_empty());
+    assert!(t.poll(0, "t2", &state("running", "init", 0.0)).await.is_empty());
 }
 
-#[test]
-fn stage_regression_fires_without_fix_by_default() {
-    let findings = transition(
+async fn stage_regression_fires_without_fix_by_default(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    let findings = t.transition(
         &state("running", "ranking_analysis", 50.0),
         &state("running", "ai_fetching", 50.0),
-    );
+    ).await;
     assert_eq!(
         findings,
         vec![TransitionFinding {
@@ -104,8 +304,7 @@ fn stage_regression_fires_without_fix_by_default() {
     );
 }
 
-#[test]
-fn stage_regression_holds_the_last_stage_when_configured() {
+async fn stage_regression_holds_the_last_stage_when_configured(kind: Kind) {
     let mut config = TrackerConfig::default();
     config.rules.insert(
         TransitionKind::StageRegression,
@@ -114,9 +313,9 @@ fn stage_regression_holds_the_last_stage_when_configured() {
             ..Default::default()
         },
     );
-    let t = TaskTracker::new(&config, &ModelConfig::default());
-    poll(&t, 0, "t1", &state("running", "source_tracing", 60.0));
-    let findings = poll(&t, 0, "t1", &state("running", "init", 60.0));
+    let t = Memory::new(kind, config);
+    t.poll(0, "t1", &state("running", "source_tracing", 60.0)).await;
+    let findings = t.poll(0, "t1", &state("running", "init", 60.0)).await;
     assert_eq!(rules(&findings), ["stage_regression"]);
     assert_eq!(
         findings[0].fix,
@@ -124,37 +323,37 @@ fn stage_regression_holds_the_last_stage_when_configured() {
     );
 }
 
-#[test]
-fn stage_regression_does_not_fire_on_same_or_later_stage_or_unknown() {
+async fn stage_regression_does_not_fire_on_same_or_later_stage_or_unknown(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
     let before = state("running", "ranking_analysis", 50.0);
-    assert!(transition(&before, &state("running", "ranking_analysis", 50.0)).is_empty());
-    assert!(transition(&before, &state("running", "source_tracing", 50.0)).is_empty());
+    assert!(t.transition(&before, &state("running", "ranking_analysis", 50.0)).await.is_empty());
+    assert!(t.transition(&before, &state("running", "source_tracing", 50.0)).await.is_empty());
     // Outside the model: the single-record rules report it; there is no position to compare.
-    assert!(transition(&before, &state("running", "warming_up", 50.0)).is_empty());
+    assert!(t.transition(&before, &state("running", "warming_up", 50.0)).await.is_empty());
     let absent = RecordState {
         stage: None,
         ..state("running", "x", 50.0)
     };
-    assert!(transition(&before, &absent).is_empty());
+    assert!(t.transition(&before, &absent).await.is_empty());
 }
 
-#[test]
-fn failing_from_any_stage_is_not_a_stage_regression() {
+async fn failing_from_any_stage_is_not_a_stage_regression(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
     for stage in ["init", "ai_fetching", "source_tracing", "completed"] {
-        let findings = transition(
+        let findings = t.transition(
             &state("running", stage, 40.0),
             &state("failed", "failed", 0.0),
-        );
+        ).await;
         assert!(findings.is_empty(), "{stage}: {findings:?}");
     }
 }
 
-#[test]
-fn leaving_the_failed_stage_for_a_working_stage_is_a_stage_regression() {
-    let findings = transition(
+async fn leaving_the_failed_stage_for_a_working_stage_is_a_stage_regression(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    let findings = t.transition(
         &state("failed", "failed", 0.0),
         &state("failed", "init", 0.0),
-    );
+    ).await;
     assert_eq!(rules(&findings), ["stage_regression"]);
     assert_eq!(
         findings[0].message,
@@ -162,12 +361,12 @@ fn leaving_the_failed_stage_for_a_working_stage_is_a_stage_regression() {
     );
 }
 
-#[test]
-fn terminal_reopened_fires_when_a_completed_task_runs_again() {
-    let findings = transition(
+async fn terminal_reopened_fires_when_a_completed_task_runs_again(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    let findings = t.transition(
         &state("completed", "completed", 100.0),
         &state("running", "completed", 100.0),
-    );
+    ).await;
     assert_eq!(
         findings,
         vec![TransitionFinding {
@@ -179,8 +378,17 @@ fn terminal_reopened_fires_when_a_completed_task_runs_again() {
     );
 }
 
+async fn terminal_reopened_fires_for_a_failed_task(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    t.poll(0, "t1", &state("failed", "failed", 0.0)).await;
+    let findings = t.poll(0, "t1", &state("pending", "failed", 0.0)).await;
+    assert_eq!(rules(&findings), ["terminal_reopened"]);
+    assert_eq!(findings[0].fix, None);
+}
+
+/// Local only: the configuration refuses this fix, so only a tracker built by hand can ask.
 #[test]
-fn terminal_reopened_fires_for_a_failed_task_and_has_no_fix_even_if_asked() {
+fn terminal_reopened_has_no_fix_even_if_asked() {
     let mut config = TrackerConfig::default();
     config.rules.insert(
         TransitionKind::TerminalReopened,
@@ -196,12 +404,12 @@ fn terminal_reopened_fires_for_a_failed_task_and_has_no_fix_even_if_asked() {
     assert_eq!(findings[0].fix, None);
 }
 
-#[test]
-fn a_reopened_task_also_reports_what_else_went_back() {
-    let findings = transition(
+async fn a_reopened_task_also_reports_what_else_went_back(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    let findings = t.transition(
         &state("completed", "completed", 100.0),
         &state("running", "source_tracing", 80.0),
-    );
+    ).await;
     assert_eq!(
         rules(&findings),
         [
@@ -212,30 +420,30 @@ fn a_reopened_task_also_reports_what_else_went_back() {
     );
 }
 
-#[test]
-fn terminal_rules_do_not_fire_before_terminal_or_on_unknown_status() {
-    assert!(transition(
+async fn terminal_rules_do_not_fire_before_terminal_or_on_unknown_status(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    assert!(t.transition(
         &state("running", "init", 0.0),
         &state("pending", "init", 0.0)
-    )
+    ).await
     .is_empty());
     let done = state("completed", "completed", 100.0);
-    assert!(transition(&done, &state("completed", "completed", 100.0)).is_empty());
+    assert!(t.transition(&done, &state("completed", "completed", 100.0)).await.is_empty());
     // An unknown or absent status says nothing about being terminal: no finding here.
-    assert!(transition(&done, &state("done", "completed", 100.0)).is_empty());
+    assert!(t.transition(&done, &state("done", "completed", 100.0)).await.is_empty());
     let absent = RecordState {
         status: None,
         ..done.clone()
     };
-    assert!(transition(&done, &absent).is_empty());
+    assert!(t.transition(&done, &absent).await.is_empty());
 }
 
-#[test]
-fn terminal_changed_fires_both_ways() {
-    let findings = transition(
+async fn terminal_changed_fires_both_ways(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    let findings = t.transition(
         &state("completed", "completed", 100.0),
         &state("failed", "failed", 0.0),
-    );
+    ).await;
     assert_eq!(
         findings,
         vec![TransitionFinding {
@@ -245,10 +453,10 @@ fn terminal_changed_fires_both_ways() {
             fix: None,
         }]
     );
-    let findings = transition(
+    let findings = t.transition(
         &state("failed", "failed", 0.0),
         &state("completed", "completed", 100.0),
-    );
+    ).await;
     assert_eq!(rules(&findings), ["terminal_changed"]);
     assert_eq!(
         findings[0].message,
@@ -256,12 +464,12 @@ fn terminal_changed_fires_both_ways() {
     );
 }
 
-#[test]
-fn progress_regression_fixes_to_the_last_progress_sent() {
-    let findings = transition(
+async fn progress_regression_fixes_to_the_last_progress_sent(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    let findings = t.transition(
         &state("running", "ai_fetching", 60.0),
         &state("running", "ai_fetching", 40.0),
-    );
+    ).await;
     assert_eq!(
         findings,
         vec![TransitionFinding {
@@ -271,68 +479,137 @@ fn progress_regression_fixes_to_the_last_progress_sent() {
             fix: Some((Field::Progress, json!(60))),
         }]
     );
-    let findings = transition(
+    let findings = t.transition(
         &state("running", "ai_fetching", 62.5),
         &state("running", "ai_fetching", 40.0),
-    );
+    ).await;
     assert_eq!(findings[0].fix, Some((Field::Progress, json!(62.5))));
 }
 
-#[test]
-fn progress_regression_does_not_fire_on_equal_higher_or_absent_progress() {
+async fn progress_regression_does_not_fire_on_equal_higher_or_absent_progress(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
     let before = state("running", "ai_fetching", 60.0);
-    assert!(transition(&before, &state("running", "ai_fetching", 60.0)).is_empty());
-    assert!(transition(&before, &state("running", "ai_fetching", 61.0)).is_empty());
+    assert!(t.transition(&before, &state("running", "ai_fetching", 60.0)).await.is_empty());
+    assert!(t.transition(&before, &state("running", "ai_fetching", 61.0)).await.is_empty());
     let absent = RecordState {
         progress: None,
         ..before.clone()
     };
-    assert!(transition(&before, &absent).is_empty());
+    assert!(t.transition(&before, &absent).await.is_empty());
 }
 
-#[test]
-fn a_task_that_fails_legitimately_drops_to_zero_without_progress_regression() {
-    let findings = transition(
+async fn a_task_that_fails_legitimately_drops_to_zero_without_progress_regression(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    let findings = t.transition(
         &state("running", "source_tracing", 80.0),
         &state("failed", "failed", 0.0),
-    );
+    ).await;
     assert!(findings.is_empty(), "{findings:?}");
     // A failed stage under an unknown status fails too.
-    let findings = transition(
+    let findings = t.transition(
         &state("running", "source_tracing", 80.0),
         &state("aborted", "failed", 0.0),
-    );
+    ).await;
     assert!(findings.is_empty(), "{findings:?}");
 }
 
-#[test]
-fn memory_holds_the_last_known_value_of_a_field_a_record_lacked() {
-    let t = tracker();
-    poll(&t, 0, "t1", &state("running", "ai_fetching", 60.0));
+async fn memory_holds_the_last_known_value_of_a_field_a_record_lacked(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    t.poll(0, "t1", &state("running", "ai_fetching", 60.0)).await;
     let no_progress = RecordState {
         progress: None,
         ..state("running", "ai_fetching", 0.0)
     };
-    assert!(poll(&t, 0, "t1", &no_progress).is_empty());
-    let findings = poll(&t, 0, "t1", &state("running", "ai_fetching", 50.0));
+    assert!(t.poll(0, "t1", &no_progress).await.is_empty());
+    let findings = t.poll(0, "t1", &state("running", "ai_fetching", 50.0)).await;
     assert_eq!(rules(&findings), ["progress_regression"]);
 }
 
-#[test]
-fn memory_stores_what_was_sent_not_what_was_judged() {
-    let t = tracker();
-    poll(&t, 0, "t1", &state("running", "ai_fetching", 60.0));
-    let mut memory = t.judge_for(0);
+async fn memory_stores_what_was_sent_not_what_was_judged(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    t.poll(0, "t1", &state("running", "ai_fetching", 60.0)).await;
     let received = state("running", "ai_fetching", 40.0);
-    let findings = memory.judge("t1", &received);
-    assert_eq!(rules(&findings), ["progress_regression"]);
     // The engine applied the fix and sent 60.
-    memory.remember("t1", &state("running", "ai_fetching", 60.0));
-    assert!(poll(&t, 0, "t1", &state("running", "ai_fetching", 60.0)).is_empty());
+    let sent = state("running", "ai_fetching", 60.0);
+    let findings = t.exchange(0, "t1", &received, &sent).await;
+    assert_eq!(rules(&findings), ["progress_regression"]);
+    assert!(t.poll(0, "t1", &state("running", "ai_fetching", 60.0)).await.is_empty());
+    // 60 is what the client saw last: 55 goes back.
+    let findings = t.poll(0, "t1", &state("running", "ai_fetching", 55.0)).await;
+    assert_eq!(rules(&findings), ["progress_regression"]);
 }
 
-#[test]
-fn disabled_rules_and_configured_levels_are_honoured() {
+async fn a_fix_the_engine_did_not_apply_is_not_remembered(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    t.poll(0, "t1", &state("running", "ai_fetching", 60.0)).await;
+    // A single-record rule vetoed the fix: 40 went out. (Redis predicted 60 and must learn 40.)
+    let received = state("running", "ai_fetching", 40.0);
+    let findings = t.exchange(0, "t1", &received, &received).await;
+    assert_eq!(rules(&findings), ["progress_regression"]);
+    assert!(t.poll(0, "t1", &state("running", "ai_fetching", 45.0)).await.is_empty());
+    let findings = t.poll(0, "t1", &state("running", "ai_fetching", 42.0)).await;
+    assert_eq!(rules(&findings), ["progress_regression"]);
+}
+
+async fn a_task_seen_twice_in_one_response_is_judged_in_record_order(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    t.poll(0, "t1", &state("running", "ai_fetching", 30.0)).await;
+    let records = [
+        state("running", "ranking_analysis", 50.0),
+        state("running", "ai_fetching", 40.0),
+    ];
+    // The second record goes back from the first: stage and progress.
+    let replica = t.next();
+    let findings = replica
+        .judged(0, |judge| {
+            records
+                .iter()
+                .map(|record| {
+                    let found = rules(&judge.judge("t1", record))
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>();
+                    judge.remember("t1", record);
+                    found
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    assert_eq!(
+        findings,
+        [
+            vec![],
+            vec!["stage_regression".to_string(), "progress_regression".into()]
+        ]
+    );
+    // Sent unfixed: with Redis, the script's prediction of a held progress is corrected.
+    assert_eq!(replica.corrected(), u64::from(kind == Kind::Redis));
+    // The memory holds the last record sent.
+    assert_eq!(
+        rules(&t.poll(0, "t1", &state("running", "init", 45.0)).await),
+        ["stage_regression"]
+    );
+}
+
+async fn a_task_not_seen_for_the_ttl_starts_afresh(kind: Kind) {
+    // Real time, as Redis expires keys by its own clock; margins of 0.8 s either side.
+    let config = TrackerConfig {
+        ttl: Duration::from_secs(2).into(),
+        ..TrackerConfig::default()
+    };
+    let t = Memory::new(kind, config);
+    let done = state("completed", "completed", 100.0);
+    let back = state("running", "init", 0.0);
+    t.poll(0, "old", &done).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    t.poll(0, "young", &done).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // "old" was last seen 2.4 s ago: forgotten; "young" 1.2 s ago: remembered.
+    assert!(t.poll(0, "old", &back).await.is_empty());
+    assert_eq!(t.poll(0, "young", &back).await.len(), 3);
+}
+
+async fn disabled_rules_and_configured_levels_are_honoured(kind: Kind) {
     let config = TrackerConfig {
         rules: BTreeMap::from([
             (
@@ -352,31 +629,32 @@ fn disabled_rules_and_configured_levels_are_honoured() {
         ]),
         ..TrackerConfig::default()
     };
-    let t = TaskTracker::new(&config, &ModelConfig::default());
-    poll(&t, 0, "t1", &state("running", "source_tracing", 80.0));
-    let findings = poll(&t, 0, "t1", &state("running", "init", 10.0));
+    let t = Memory::new(kind, config);
+    t.poll(0, "t1", &state("running", "source_tracing", 80.0)).await;
+    let findings = t.poll(0, "t1", &state("running", "init", 10.0)).await;
     assert_eq!(rules(&findings), ["stage_regression"]);
     assert_eq!(findings[0].level, Level::Critical);
 }
 
-#[test]
-fn rule_names_are_shared_not_allocated_per_finding() {
-    let t = tracker();
-    poll(&t, 0, "a", &state("running", "ai_fetching", 60.0));
-    poll(&t, 0, "b", &state("running", "ai_fetching", 60.0));
-    let a = poll(&t, 0, "a", &state("running", "ai_fetching", 10.0));
-    let b = poll(&t, 0, "b", &state("running", "ai_fetching", 10.0));
+async fn rule_names_are_shared_not_allocated_per_finding(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    t.poll(0, "a", &state("running", "ai_fetching", 60.0)).await;
+    t.poll(0, "b", &state("running", "ai_fetching", 60.0)).await;
+    let a = t.poll(0, "a", &state("running", "ai_fetching", 10.0)).await;
+    // Names are shared within a process: with two replicas taking turns, a poll in between
+    // brings "b" to the replica that judged "a".
+    t.poll(0, "c", &state("running", "ai_fetching", 10.0)).await;
+    let b = t.poll(0, "b", &state("running", "ai_fetching", 10.0)).await;
     assert!(std::sync::Arc::ptr_eq(&a[0].rule, &b[0].rule));
 }
 
-#[test]
-fn the_same_task_id_on_two_routes_is_two_tasks() {
-    let t = tracker();
-    poll(&t, 0, "t1", &state("completed", "completed", 100.0));
-    assert!(poll(&t, 1, "t1", &state("running", "init", 0.0)).is_empty());
+async fn the_same_task_id_on_two_routes_is_two_tasks(kind: Kind) {
+    let t = Memory::new(kind, TrackerConfig::default());
+    t.poll(0, "t1", &state("completed", "completed", 100.0)).await;
+    assert!(t.poll(1, "t1", &state("running", "init", 0.0)).await.is_empty());
     assert_eq!(t.tracked(), 2);
     assert_eq!(
-        rules(&poll(&t, 0, "t1", &state("running", "init", 0.0))),
+        rules(&t.poll(0, "t1", &state("running", "init", 0.0)).await),
         [
             "stage_regression",
             "terminal_reopened",

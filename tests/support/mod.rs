@@ -2,7 +2,11 @@
 //! in-test hyper upstream that records what reached it, the Python upstreams, and small clients.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod redis_server;
 pub mod standin;
+mod tool;
+
+pub use tool::have_tool;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -576,23 +580,6 @@ pub fn raw_head(response: &[u8]) -> String {
 
 // === the Python stand-in ===
 
-/// Whether an external tool is available. Missing with `CI=true` is a failure; otherwise the
-/// test is skipped with a note.
-pub fn have_tool(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{tool} is required in CI but was not found");
-        }
-        eprintln!("skipping: {tool} not found");
-    }
-    found
-}
 
 /// `tests/upstreams/echo_upstream.py` on 127.0.0.1:0; killed when dropped.
 pub struct PythonUpstream {
