@@ -185,8 +185,7 @@ impl TaskTracker {
     /// The unexpired memory of a task, without touching its recency.
     fn recall(&self, route: u16, now_ms: u64, task_id: &str) -> Option<Snapshot> {
         let key = self.key(route, task_id);
-        self.lock(self.shard(key.hash))
-            .get(key, self.clock(now_ms))
+        self.lock(self.shard(key.hash)).get(key, self.clock(now_ms))
     }
 
     fn remember(&self, route: u16, now_ms: u64, task_id: &str, sent: &RecordState) {

@@ -175,7 +175,12 @@ impl RedisStore {
 
     /// Puts what was really sent in place of predictions the engine did not follow, within
     /// the same `deadline` as the exchange.
-    pub async fn correct(self: &Arc<Self>, route: &str, corrections: &[Correction], deadline: Instant) {
+    pub async fn correct(
+        self: &Arc<Self>,
+        route: &str,
+        corrections: &[Correction],
+        deadline: Instant,
+    ) {
         let mut call = self.correct.prepare_invoke();
         call.arg(self.ttl_ms);
         for correction in corrections {

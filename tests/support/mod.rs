@@ -580,7 +580,6 @@ pub fn raw_head(response: &[u8]) -> String {
 
 // === the Python stand-in ===
 
-
 /// `tests/upstreams/echo_upstream.py` on 127.0.0.1:0; killed when dropped.
 pub struct PythonUpstream {
     pub addr: SocketAddr,

@@ -81,30 +81,6 @@ impl RedisServer {
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
-    /// Sends one command in the inline protocol and returns the raw reply.
-    pub fn command(&self, line: &str) -> String {
-        let mut stream = TcpStream::connect(self.addr()).expect("connect to redis-server");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .expect("send command");
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Replies used here are one line, or one bulk string: read until the line ends and,
-        // for a bulk string, until its announced length has arrived.
-        loop {
-            let n = stream.read(&mut buf).expect("read reply");
-            assert!(n > 0, "redis-server closed the connection");
-            reply.extend_from_slice(&buf[..n]);
-            if complete(&reply) {
-                break;
-            }
-        }
-        String::from_utf8_lossy(&reply).into_owned()
-    }
-
     /// Spawns the process and waits until it answers PING; false if it exited (port taken).
     fn spawn(&mut self) -> bool {
         let mut child = Command::new("redis-server")
@@ -140,14 +116,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // A stopped process would not die of SIGKILL's reaping wait otherwise... it does,
-            // but resume it first so that a test that failed mid-pause leaves nothing behind.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .status();
-        }
+        // SIGKILL ends a stopped process too.
         self.kill();
     }
 }
@@ -169,19 +138,4 @@ fn ping(addr: SocketAddr) -> bool {
         && stream
             .read(&mut buf)
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-}
-
-/// Whether `reply` holds one whole RESP reply of the simple kinds this helper reads.
-fn complete(reply: &[u8]) -> bool {
-    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
-        return false;
-    };
-    if reply.first() != Some(&b'$') {
-        return true;
-    }
-    let len: i64 = std::str::from_utf8(&reply[1..end])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(-1);
-    len < 0 || reply.len() >= end + 2 + len as usize + 2
 }
