@@ -24,7 +24,29 @@ const STATE_DOWN: u8 = 2;
 
 /// Checks a `tracker.redis_url` the way the client will read it; the problem in one line.
 pub fn check_url(url: &str) -> Result<(), String> {
-    Client::open(url).map(drop).map_err(|e| e.to_string())
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => {
+            return Err(
+                "TLS (rediss://) is not built in: reach Redis on a private network, or through a TLS tunnel".into(),
+            )
+        }
+        // Not the URL itself in the message: it may carry a password.
+        _ => {
+            return Err(format!(
+                "scheme {scheme:?} not supported: expected redis://host[:port][/db] or redis+unix:///path"
+            ))
+        }
+    }
+    Client::open(url).map(drop).map_err(|err| {
+        // The client's message ends with its error kind ("... - InvalidClientConfig").
+        let text = err.to_string();
+        match text.rsplit_once(" - ") {
+            Some((message, _)) => message.trim().to_owned(),
+            None => text,
+        }
+    })
 }
 
 /// A Redis server holding the memory of every replica that shares its `key_prefix`.
