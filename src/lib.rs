@@ -8,7 +8,7 @@
 //! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
 //! - `inspection`: the tower layer that runs the engine on responses in flight, with metrics.
 //! - `inspect_cmd`: the `inspect` subcommand over the engine.
-//! - `tracker`: task memory across polls, judging each response against what was last sent for the task.
+//! - `tracker`: task memory across polls, judging each response against what was last sent for the task; local, or shared by every replica through Redis.
 //! - `routes`: matches method + path patterns to configured route names (`other` otherwise).
 //! - `metrics`: every metric family, registered into one registry, label sets resolved at start.
 //! - `proxy`: the forwarding path: request metrics, load shedding, header rewriting, upstream client, upgrades.
