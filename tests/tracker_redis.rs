@@ -245,6 +245,10 @@ async fn redis_killed_mid_run_fails_no_request_and_tracking_resumes_after_restar
     assert!(replicas.store_errors("connection").await > 0.0);
     assert!(replicas.store_errors("down").await > 0.0);
     replicas.wait_store_up(0.0).await;
+    // Readiness is about the backend, not Redis: the replicas stay in the Service.
+    for sidecar in &replicas.sidecars {
+        assert_eq!(get(sidecar.admin, "/readyz").await.0, 200);
+    }
 
     // Back, empty: the sidecars reconnect on their own, and memory is shared again.
     redis.restart();
