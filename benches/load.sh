@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark of the whole proxy: wrk straight at nginx vs wrk through the sidecar in front
 # of the same nginx, in one run, on loopback. Also the sidecar's peak RSS idle and under load.
+# With redis-server installed, also the tracked route with the task memory shared through a
+# Redis on loopback (tracker.store = "redis"), beside the same route with local memory.
 #
 # Usage: benches/load.sh [duration=10s] [connections=32] [rounds=1]
 # With several rounds the targets are measured in turn, round after round, and the table shows
@@ -18,10 +20,14 @@ WORK="$(mktemp -d /tmp/sidecar-load.XXXXXX)"
 NGINX_PID=""
 SIDECAR_PID=""
 UNTRACKED_PID=""
+SHARED_PID=""
+REDIS_PID=""
 
 cleanup() {
     [ -n "$SIDECAR_PID" ] && kill "$SIDECAR_PID" 2>/dev/null && wait "$SIDECAR_PID" 2>/dev/null || true
     [ -n "$UNTRACKED_PID" ] && kill "$UNTRACKED_PID" 2>/dev/null && wait "$UNTRACKED_PID" 2>/dev/null || true
+    [ -n "$SHARED_PID" ] && kill "$SHARED_PID" 2>/dev/null && wait "$SHARED_PID" 2>/dev/null || true
+    [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null || true
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -118,6 +124,28 @@ path = "/test/status/{task_id}"
 track = false'
 UNTRACKED_PID=$PID
 UNTRACKED_PROXY=$PROXY
+# The same as the first, with the task memory shared through a Redis on loopback.
+SHARED_PROXY=""
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+    REDIS_PORT="$(free_port)"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize no --loglevel warning >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 50); do
+        redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    start_sidecar shared "[tracker]
+store = \"redis\"
+redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
+    SHARED_PID=$PID
+    SHARED_PROXY=$PROXY
+    SHARED_ADMIN=$ADMIN
+    for _ in $(seq 1 50); do
+        curl -fsS "http://$ADMIN/metrics" | grep -q '^consistency_tracker_store_up 1' && break
+        sleep 0.1
+    done
+fi
 PROXY=$TRACKED_PROXY
 ADMIN=$TRACKED_ADMIN
 
@@ -134,6 +162,7 @@ measure() { # key url: one wrk run, appended to the key's results
     local out
     out="$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2")"
     awk '/Requests\/sec/ {print $2}' <<<"$out" >>"$WORK/$1.rps"
+    to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")" >>"$WORK/$1.p50"
     to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")" >>"$WORK/$1.p99"
 }
 
@@ -145,12 +174,17 @@ declare -A URL=(
     [passthrough]="http://$PROXY/static.json"
 )
 ORDER=(direct passthrough inspected fixed untracked)
+if [ -n "$SHARED_PROXY" ]; then
+    URL[shared]="http://$SHARED_PROXY/test/status/t-1"
+    ORDER+=(shared)
+fi
 declare -A LABEL=(
     [direct]="direct (nginx)"
     [passthrough]="sidecar, unrouted (passthrough)"
     [inspected]="sidecar, task_status, consistent"
     [fixed]="sidecar, task_status, one fix"
     [untracked]="sidecar, task_status, tracker off"
+    [shared]="sidecar, task_status, Redis"
 )
 for round in $(seq 1 "$ROUNDS"); do
     for key in "${ORDER[@]}"; do
@@ -160,12 +194,17 @@ done
 
 echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, loopback, $(nproc) CPUs, nginx worker_processes 1, median of $ROUNDS round(s)"
 echo
-echo "| target                            | requests/s | p99 (µs) |"
-echo "|-----------------------------------|------------|----------|"
+echo "| target                            | requests/s | p50 (µs) | p99 (µs) |"
+echo "|-----------------------------------|------------|----------|----------|"
 for key in "${ORDER[@]}"; do
-    printf '| %-33s | %10s | %8s |\n' "${LABEL[$key]}" "$(median <"$WORK/$key.rps")" "$(median <"$WORK/$key.p99")"
+    printf '| %-33s | %10s | %8s | %8s |\n' "${LABEL[$key]}" "$(median <"$WORK/$key.rps")" \
+        "$(median <"$WORK/$key.p50")" "$(median <"$WORK/$key.p99")"
 done
 echo
 echo "sidecar peak RSS (VmHWM): idle $IDLE_RSS, after load $(rss)"
 echo "sidecar requests counted: $(curl -fsS "http://$ADMIN/metrics" | awk '/^consistency_proxy_requests_total/ {s += $2} END {print s}')"
 echo "fixes counted: $(curl -fsS "http://$ADMIN/metrics" | awk '/^consistency_fixes_total/ {s += $2} END {print s}')"
+if [ -n "$SHARED_PROXY" ]; then
+    # Responses the Redis sidecar left to local memory: its figures are Redis's only if this is 0.
+    echo "Redis sidecar store errors: $(curl -fsS "http://$SHARED_ADMIN/metrics" | awk '/^consistency_tracker_store_errors_total/ {s += $2} END {print s}')"
+fi

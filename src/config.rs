@@ -269,6 +269,21 @@ pub struct TrackerConfig {
     /// A task not seen for this long is forgotten.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// `local`, or `redis` to share the memory between replicas.
+    pub store: TrackerStore,
+    /// store = "redis": `redis://[[user]:password@]host[:port][/db]` or `redis+unix:///path`.
+    pub redis_url: String,
+    /// store = "redis": prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// store = "redis": the longest a response waits for Redis before local memory judges it.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// store = "redis": the longest one connection attempt may take (in the background).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// store = "redis": while Redis is down, how often to try it again.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
     /// One table per transition rule, named as [`TransitionKind::as_str`] spells it.
     pub rules: TransitionRules,
 }
@@ -306,6 +321,30 @@ impl TrackerConfig {
             TransitionKind::ProgressRegression => rules.progress_regression,
         }
     }
+
+    /// The shared store's keys: a URL the Redis client accepts, a prefix safe to read in a key.
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        crate::tracker::check_redis_url(&self.redis_url)
+            .map_err(|problem| ConfigError::new("tracker.redis_url", problem))?;
+        let safe = |b: u8| b.is_ascii_alphanumeric() || b"_:.-".contains(&b);
+        if self.key_prefix.len() > 64 || !self.key_prefix.bytes().all(safe) {
+            return Err(ConfigError::new(
+                "tracker.key_prefix",
+                format!("{:?} must match [A-Za-z0-9_:.-]{{0,64}}", self.key_prefix),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where the task memory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackerStore {
+    /// In this process only: each replica remembers what it sent itself.
+    Local,
+    /// Shared by every replica through one Redis server; local memory when Redis fails.
+    Redis,
 }
 
 /// Reads a configuration file and lays it over the defaults; `None`: the defaults.
@@ -518,11 +557,15 @@ impl Config {
             ("proxy.client_idle_timeout", self.proxy.client_idle_timeout),
             ("tracker.ttl", self.tracker.ttl),
             ("inspect.log_window", self.inspect.log_window),
+            ("tracker.timeout", self.tracker.timeout),
+            ("tracker.connect_timeout", self.tracker.connect_timeout),
+            ("tracker.retry_interval", self.tracker.retry_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::new(key, "must be greater than 0s"));
             }
         }
+        self.tracker.validate_store()?;
         if self.model.statuses.is_empty() {
             return Err(ConfigError::new("model.statuses", "must not be empty"));
         }

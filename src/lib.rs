@@ -9,7 +9,7 @@
 //! - `logging`: `tracing` subscriber, `RUST_LOG`, text or JSON.
 //! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
 //! - `inspection`: the tower layer that runs the engine on responses in flight, with metrics.
-//! - `tracker`: task memory across polls, judging each response against what was last sent for the task.
+//! - `tracker`: task memory across polls (local, or Redis shared by replicas), judging each response against what was last sent for the task.
 //! - `routes`: each configured route compiled into one `Route` (matcher and engine spec), and
 //!   classification of requests (`other` when none matches).
 //! - `metrics`: the registry each layer registers its own families into, build info, encoding.

@@ -211,6 +211,12 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     keep!(model);
     keep!(tracker.capacity);
     keep!(tracker.ttl);
+    keep!(tracker.store);
+    keep!(tracker.redis_url);
+    keep!(tracker.key_prefix);
+    keep!(tracker.timeout);
+    keep!(tracker.connect_timeout);
+    keep!(tracker.retry_interval);
     kept
 }
 

@@ -344,3 +344,112 @@ fn systemd_config_matches_the_static_scrape_target() {
         .and_then(Settings::compile)
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A manifest of the optional shared-memory component.
+fn component(name: &str) -> Yaml {
+    manifest(&format!("components/shared-memory/{name}"))
+}
+
+#[test]
+fn shared_memory_component_adds_redis_and_leaves_the_base_alone() {
+    let kustomization = component("kustomization.yaml");
+    assert_eq!(kustomization["kind"].str(), "Component");
+    for name in kustomization["resources"].strs() {
+        assert!(
+            deploy(&format!("kubernetes/components/shared-memory/{name}")).is_file(),
+            "{name} listed but missing"
+        );
+    }
+    // The base does not use it: `kubectl apply -k deploy/kubernetes` is as before.
+    assert!(manifest("kustomization.yaml")["components"].is_badvalue());
+
+    // The patched sidecar.toml is the base's, word for word, plus [tracker]; and it is valid.
+    let base = manifest("configmap.yaml");
+    let base_toml = base["data"]["sidecar.toml"].str();
+    let patch = component("configmap-patch.yaml");
+    assert_eq!(
+        patch["metadata"]["name"].str(),
+        base["metadata"]["name"].str()
+    );
+    let patched = patch["data"]["sidecar.toml"].str();
+    assert!(
+        patched.starts_with(base_toml),
+        "the patch must repeat the base's sidecar.toml before its [tracker] section"
+    );
+    let config = sidecar_config(patched, "components/shared-memory/configmap-patch.yaml");
+    assert_eq!(config.tracker.store, config::TrackerStore::Redis);
+
+    // redis_url names the Service and its port; the Service selects the Redis pod's port.
+    let service = component("redis-service.yaml");
+    let redis = component("redis-deployment.yaml");
+    let pod = &redis["spec"]["template"];
+    let port = &service["spec"]["ports"].seq()[0];
+    assert_eq!(
+        config.tracker.redis_url,
+        format!(
+            "redis://{}:{}",
+            service["metadata"]["name"].str(),
+            port["port"].as_i64().unwrap_or_default()
+        )
+    );
+    labels_match(&service["spec"]["selector"], &pod["metadata"]["labels"]);
+    let container = &pod["spec"]["containers"].seq()[0];
+    assert_eq!(
+        port_of(container, port["targetPort"].str()).to_string(),
+        port["port"].as_i64().unwrap_or_default().to_string()
+    );
+
+    // Capacity is Redis's: a memory bound, an eviction policy, and a limit above the bound.
+    let args = container["args"].strs();
+    let after = |flag: &str| {
+        let at = args.iter().position(|a| *a == flag).expect(flag);
+        args[at + 1]
+    };
+    assert_eq!(after("--maxmemory"), "64mb");
+    assert!(["allkeys-lru", "volatile-lru"].contains(&after("--maxmemory-policy")));
+    assert_eq!(container["resources"]["limits"]["memory"].str(), "128Mi");
+
+    // Only the application's pods may reach Redis.
+    let policy = component("redis-networkpolicy.yaml");
+    labels_match(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        &pod["metadata"]["labels"],
+    );
+    let ingress = &policy["spec"]["ingress"].seq()[0];
+    let app_pod = manifest("deployment.yaml");
+    labels_match(
+        &ingress["from"].seq()[0]["podSelector"]["matchLabels"],
+        &app_pod["spec"]["template"]["metadata"]["labels"],
+    );
+    port_of(container, ingress["ports"].seq()[0]["port"].str());
+
+    // The ready-made overlay: the base, the component, the base's namespace.
+    let overlay = yaml("overlays/shared-memory/kustomization.yaml");
+    assert_eq!(overlay["resources"].strs(), vec!["../../kubernetes"]);
+    assert_eq!(
+        overlay["components"].strs(),
+        vec!["../../kubernetes/components/shared-memory"]
+    );
+    assert_eq!(
+        overlay["namespace"].str(),
+        manifest("kustomization.yaml")["namespace"].str()
+    );
+    // kubectl is not a CI requirement; where it exists, kustomize must build the overlay.
+    if let Some(kubectl) = on_path("kubectl") {
+        let overlay_dir = deploy("overlays/shared-memory");
+        let out = run(
+            &kubectl,
+            &["kustomize", overlay_dir.to_str().unwrap()],
+            &repo(),
+        );
+        assert!(
+            out.status.success(),
+            "kubectl kustomize: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let built = String::from_utf8_lossy(&out.stdout);
+        assert!(built.contains("store = \"redis\""));
+        assert_eq!(built.matches("kind: Deployment").count(), 2);
+        assert_eq!(built.matches("namespace: brand-diagnosis").count(), 7);
+    }
+}

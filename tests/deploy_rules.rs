@@ -46,6 +46,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "ConsistencySidecarDown",
         "ConsistencyUpstreamErrors",
         "ConsistencyInspectionSkipped",
+        "ConsistencyTrackerStoreDown",
     ] {
         assert!(
             alerts.iter().any(|a| a == expected),
@@ -98,6 +99,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "zero traffic",
         "fast burn",
         "sidecar down",
+        "tracker store down",
     ] {
         let words: Vec<&str> = scenario.split(' ').collect();
         assert!(

@@ -296,3 +296,56 @@ fn tracker_rule_override_keeps_unset_keys() {
         (true, Level::MajorIssue, false)
     );
 }
+
+#[test]
+fn the_shared_store_keys_are_checked_and_name_the_key() {
+    let config = parse(
+        "[tracker]\nstore = \"redis\"\nredis_url = \"redis://:secret@redis.internal:6380/2\"\nkey_prefix = \"team-a:consistency:\"\ntimeout = \"20ms\"",
+    )
+    .expect("parses");
+    Settings::compile(config.clone()).expect("valid");
+    assert_eq!(config.tracker.store, TrackerStore::Redis);
+    assert_eq!(config.tracker.timeout, Duration::from_millis(20));
+    parse("[tracker]\nredis_url = \"redis+unix:///run/redis/redis.sock\"")
+        .and_then(Settings::compile)
+        .expect("a socket path is valid");
+
+    for (text, key, problem) in [
+        ("store = \"memcached\"", "tracker.store", "unknown variant"),
+        (
+            "redis_url = \"http://127.0.0.1:6379\"",
+            "tracker.redis_url",
+            "",
+        ),
+        ("redis_url = \"redis://\"", "tracker.redis_url", ""),
+        // TLS is not built in: say so at start, not at the first connection.
+        (
+            "redis_url = \"rediss://cache:6379\"",
+            "tracker.redis_url",
+            "",
+        ),
+        ("key_prefix = \"a b\"", "tracker.key_prefix", "must match"),
+        ("timeout = \"0s\"", "tracker.timeout", "greater than 0s"),
+        (
+            "timeout = \"soon\"",
+            "tracker.timeout",
+            "expected a duration",
+        ),
+        (
+            "connect_timeout = \"0s\"",
+            "tracker.connect_timeout",
+            "greater than 0s",
+        ),
+        (
+            "retry_interval = \"0s\"",
+            "tracker.retry_interval",
+            "greater than 0s",
+        ),
+    ] {
+        let text = format!("[tracker]\n{text}");
+        let err = parse(&text).and_then(Settings::compile).expect_err(&text);
+        assert_eq!(err.key, key, "{text}: {err}");
+        assert!(err.problem.contains(problem), "{text}: {err}");
+        assert!(!err.to_string().contains('\n'), "one line: {err}");
+    }
+}

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -22,7 +22,7 @@ use super::BoxError;
 use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet};
 use crate::report::ReportBook;
 use crate::settings::Settings;
-use crate::tracker::{TaskTracker, TrackerCollector};
+use crate::tracker::{self, MemoryRoute, StoreMetrics, TaskMemory, TrackerCollector};
 
 /// Headers that vouch for the exact bytes of a body; a patched body must not carry them.
 const BODY_DIGESTS: [&str; 4] = ["content-md5", "digest", "content-digest", "repr-digest"];
@@ -35,7 +35,7 @@ pub const FIXED_HEADER: &str = "x-consistency-fixed";
 #[derive(Debug, Clone)]
 pub struct InspectionState {
     families: InspectionFamilies,
-    pub tracker: Arc<TaskTracker>,
+    pub memory: Arc<TaskMemory>,
     pub book: Arc<ReportBook>,
     budget: Budget,
 }
@@ -45,7 +45,7 @@ pub struct InspectionState {
 pub struct Inspector {
     routes: Vec<InspectedRoute>,
     rules: Arc<RuleSet>,
-    tracker: Arc<TaskTracker>,
+    memory: Arc<TaskMemory>,
     metrics: InspectionMetrics,
     book: Arc<ReportBook>,
     budget: Budget,
@@ -58,7 +58,8 @@ pub struct Inspector {
 struct InspectedRoute {
     name: String,
     spec: RouteSpec,
-    track: bool,
+    /// None: the route is not tracked.
+    memory: Option<MemoryRoute>,
     log: RouteIssueLog,
 }
 
@@ -79,11 +80,11 @@ impl InspectionState {
     /// book and the budget of held bytes.
     pub fn new(settings: &Settings, registry: &Registry) -> prometheus::Result<InspectionState> {
         let config = &settings.config;
-        let tracker = Arc::new(TaskTracker::new(&config.tracker, &config.model));
-        TrackerCollector::register(registry, tracker.clone())?;
+        let memory = Arc::new(TaskMemory::new(settings, StoreMetrics::register(registry)?));
+        TrackerCollector::register(registry, memory.clone())?;
         Ok(InspectionState {
             families: InspectionFamilies::register(registry)?,
-            tracker,
+            memory,
             book: Arc::new(ReportBook::new(config.inspect.recent_issues)),
             budget: Budget::new(config.inspect.max_held_bytes),
         })
@@ -96,7 +97,9 @@ impl Inspector {
     /// Compiles the per-route state of one configuration over the state that outlives it.
     pub fn new(settings: &Settings, state: &InspectionState) -> Inspector {
         let config = &settings.config;
-        let tracker = state.tracker.clone();
+        let memory = state.memory.clone();
+        let tracked = memory.configure(settings);
+        let transition_labels = tracker::rule_labels(&config.tracker);
         let labels: Vec<RouteLabels<'_>> = settings
             .routes
             .iter()
@@ -105,7 +108,12 @@ impl Inspector {
                 rules: settings
                     .rules
                     .labels()
-                    .chain(tracker.rule_labels().filter(|_| route.spec().track()))
+                    .chain(
+                        transition_labels
+                            .iter()
+                            .copied()
+                            .filter(|_| route.spec().track()),
+                    )
                     .collect(),
             })
             .collect();
@@ -113,10 +121,11 @@ impl Inspector {
         let routes = settings
             .routes
             .iter()
-            .map(|route| InspectedRoute {
+            .zip(tracked)
+            .map(|(route, memory)| InspectedRoute {
                 name: route.name().to_string(),
                 spec: route.spec().clone(),
-                track: route.spec().track(),
+                memory,
                 log: RouteIssueLog::new(
                     route.name(),
                     config.inspect.log_window,
@@ -127,7 +136,7 @@ impl Inspector {
         Inspector {
             routes,
             rules: settings.rules.clone(),
-            tracker,
+            memory,
             metrics,
             book: state.book.clone(),
             budget: state.budget.clone(),
@@ -145,7 +154,7 @@ impl Inspector {
     /// Periodic upkeep, from one task only: forgets expired tasks, and logs the summaries of
     /// issue-log windows that have ended.
     pub fn tick(&self) {
-        self.tracker.purge_expired();
+        self.memory.maintain();
         for route in &self.routes {
             route.log.flush();
         }
@@ -242,7 +251,7 @@ impl Inspector {
             }
         };
 
-        let Some(inspection) = self.run_engine(route, target, &decoded) else {
+        let Some(inspection) = self.run_engine(target, &decoded).await else {
             counters.skip(Skip::Error);
             return replay(head, raw, trailers, reservation);
         };
@@ -280,25 +289,24 @@ impl Inspector {
         replay(head, patched, trailers, reservation)
     }
 
-    /// Runs the engine; a panic inside it is caught, logged and reported as `None`.
-    fn run_engine(
-        &self,
-        route: usize,
-        target: &InspectedRoute,
-        body: &Bytes,
-    ) -> Option<Inspection> {
-        let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if target.track {
-                let mut memory = self.tracker.judge_for(route as u16);
-                engine::inspect(&self.rules, &target.spec, body, &mut memory)
-            } else {
-                engine::inspect(&self.rules, &target.spec, body, &mut NoMemory)
-            }
-        }));
-        self.metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
+    /// Runs the engine (twice with a shared task store, around its round trip); a panic
+    /// inside it is caught, logged and reported as `None`.
+    async fn run_engine(&self, target: &InspectedRoute, body: &Bytes) -> Option<Inspection> {
+        // Time in the engine only: the store's round trip is not inspection work.
+        let mut engine_time = Duration::ZERO;
+        let mut inspect = |judge: &mut dyn engine::TransitionJudge| {
+            let started = Instant::now();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                engine::inspect(&self.rules, &target.spec, body, judge)
+            }));
+            engine_time += started.elapsed();
+            result
+        };
+        let result = match &target.memory {
+            Some(route) => self.memory.judged(route, &mut inspect).await,
+            None => inspect(&mut NoMemory),
+        };
+        self.metrics.duration.observe(engine_time.as_secs_f64());
         match result {
             Ok(inspection) => Some(inspection),
             Err(_) => {

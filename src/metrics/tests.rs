@@ -41,6 +41,8 @@ fn every_family_of_the_design_is_registered() {
         "consistency_inspect_duration_seconds",
         "consistency_tracked_tasks",
         "consistency_tracker_evictions_total",
+        "consistency_tracker_store_errors_total",
+        "consistency_tracker_store_up",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
@@ -66,6 +68,9 @@ fn configured_label_combinations_exist_at_zero() {
         r#"consistency_ratio{route="task_status"} 1"#,
         r#"consistency_tracker_evictions_total{reason="ttl"} 0"#,
         r#"consistency_build_info{mode="fix",version=""#,
+        r#"consistency_tracker_store_errors_total{reason="connection"} 0"#,
+        r#"consistency_tracker_store_errors_total{reason="down"} 0"#,
+        "consistency_tracker_store_up 1",
     ] {
         assert!(text.contains(line), "missing: {line}");
     }

@@ -3,12 +3,14 @@
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
 
 use tokio::time::Instant;
 
 use super::shard::{Changes, Clock, Key, Shard};
-use super::transition::Transitions;
+use super::transition::{Snapshot, Transitions};
 use crate::config::TrackerConfig;
 use crate::engine::{ModelConfig, RecordState, TransitionFinding, TransitionJudge};
 
@@ -44,7 +46,8 @@ pub struct TaskTracker {
     shards: Box<[Padded]>,
     /// Random keys per process: task ids come from responses, so keep them from choosing shards.
     hasher: RandomState,
-    transitions: Transitions,
+    /// Swapped by a reload that changes `[tracker.rules]`; the model stays (restart-only).
+    transitions: ArcSwap<Transitions>,
     capacity: usize,
     ttl_ms: u64,
     /// Time zero of the entries' `seen_ms`.
@@ -99,7 +102,7 @@ impl TaskTracker {
                 .map(|_| Padded(Mutex::new(Shard::new())))
                 .collect(),
             hasher: RandomState::new(),
-            transitions: Transitions::new(config, model),
+            transitions: ArcSwap::from_pointee(Transitions::new(config, model)),
             capacity,
             ttl_ms: u64::try_from(config.ttl.as_millis())
                 .unwrap_or(u64::MAX)
@@ -120,11 +123,6 @@ impl TaskTracker {
             route,
             now_ms: self.now_ms(),
         }
-    }
-
-    /// The enabled transition rules as metric labels.
-    pub fn rule_labels(&self) -> impl Iterator<Item = crate::engine::RuleLabel<'_>> {
-        self.transitions.labels()
     }
 
     /// Tasks remembered now (the `consistency_tracked_tasks` gauge). Expired tasks count until
@@ -166,6 +164,32 @@ impl TaskTracker {
         removed
     }
 
+    /// Forgets every task of `route`: a reload removed it. Returns how many.
+    pub fn forget_route(&self, route: u16) -> usize {
+        let rehash = |route: u16, id: &str| self.hash(route, id);
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let n = self.lock(&shard.0).forget_route(route, &rehash);
+            self.count(Changes {
+                removed: n,
+                ..Changes::default()
+            });
+            removed += n as usize;
+        }
+        removed
+    }
+
+    /// The compiled model and transition rules.
+    pub(crate) fn transitions(&self) -> Arc<Transitions> {
+        self.transitions.load_full()
+    }
+
+    /// New transition rules, from a reload; what is remembered stays.
+    pub fn set_rules(&self, config: &TrackerConfig, model: &ModelConfig) {
+        self.transitions
+            .store(Arc::new(Transitions::new(config, model)));
+    }
+
     fn judge(
         &self,
         route: u16,
@@ -173,20 +197,25 @@ impl TaskTracker {
         task_id: &str,
         state: &RecordState,
     ) -> Vec<TransitionFinding> {
-        let key = self.key(route, task_id);
-        let last = self.lock(self.shard(key.hash)).get(key, self.clock(now_ms));
         // The lock is released before any message is formatted.
-        match last {
-            Some(last) => self
-                .transitions
-                .judge(&last, &self.transitions.snapshot(state)),
+        match self.recall(route, now_ms, task_id) {
+            Some(last) => {
+                let transitions = self.transitions.load();
+                transitions.judge(&last, &transitions.snapshot(state))
+            }
             None => Vec::new(),
         }
     }
 
+    /// The unexpired memory of a task, without touching its recency.
+    fn recall(&self, route: u16, now_ms: u64, task_id: &str) -> Option<Snapshot> {
+        let key = self.key(route, task_id);
+        self.lock(self.shard(key.hash)).get(key, self.clock(now_ms))
+    }
+
     fn remember(&self, route: u16, now_ms: u64, task_id: &str, sent: &RecordState) {
         let key = self.key(route, task_id);
-        let sent = self.transitions.snapshot(sent);
+        let sent = self.transitions.load().snapshot(sent);
         let rehash = |route: u16, id: &str| self.hash(route, id);
         let mut shard = self.lock(self.shard(key.hash));
         let admit = || {
@@ -300,6 +329,13 @@ fn shard_count(capacity: usize) -> usize {
 }
 
 // === impl RouteMemory ===
+
+impl RouteMemory<'_> {
+    /// What this route's memory holds for a task, as `judge` would compare against it.
+    pub(crate) fn recall(&self, task_id: &str) -> Option<Snapshot> {
+        self.tracker.recall(self.route, self.now_ms, task_id)
+    }
+}
 
 impl TransitionJudge for RouteMemory<'_> {
     fn judge(&mut self, task_id: &str, state: &RecordState) -> Vec<TransitionFinding> {

@@ -7,12 +7,13 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
-use super::memory::{EvictionReason, TaskTracker};
+use super::memory::EvictionReason;
+use super::store::TaskMemory;
 
-/// A `prometheus` collector over a [`TaskTracker`].
+/// A `prometheus` collector over the local memory of a [`TaskMemory`].
 #[derive(Debug)]
 pub struct TrackerCollector {
-    tracker: Arc<TaskTracker>,
+    memory: Arc<TaskMemory>,
     tracked: IntGauge,
     evictions: IntCounterVec,
     descs: Vec<Desc>,
@@ -24,7 +25,7 @@ pub struct TrackerCollector {
 
 impl TrackerCollector {
     /// Registers `consistency_tracked_tasks` and `consistency_tracker_evictions_total{reason}`.
-    pub fn register(registry: &Registry, tracker: Arc<TaskTracker>) -> prometheus::Result<()> {
+    pub fn register(registry: &Registry, memory: Arc<TaskMemory>) -> prometheus::Result<()> {
         let tracked = IntGauge::new(
             "consistency_tracked_tasks",
             "Tasks remembered across polls.",
@@ -43,7 +44,7 @@ impl TrackerCollector {
             .cloned()
             .collect();
         registry.register(Box::new(TrackerCollector {
-            tracker,
+            memory,
             tracked,
             evictions,
             descs,
@@ -62,11 +63,12 @@ impl Collector for TrackerCollector {
             .collecting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.tracked.set(self.tracker.tracked() as i64);
+        let tracker = self.memory.local();
+        self.tracked.set(tracker.tracked() as i64);
         for reason in EvictionReason::ALL {
             let counter = self.evictions.with_label_values(&[reason.as_str()]);
             counter.reset();
-            counter.inc_by(self.tracker.evictions(reason));
+            counter.inc_by(tracker.evictions(reason));
         }
         let mut families = self.tracked.collect();
         families.extend(self.evictions.collect());

@@ -2,19 +2,29 @@
 //! (`stage_regression`, `terminal_reopened`, `terminal_changed`, `progress_regression`)
 //! that judge the next response against it.
 //!
-//! One [`TaskTracker`] per sidecar, shared by every connection (`Arc<TaskTracker>`). Per
-//! inspected response of a tracked route, the inspection layer hands the engine
-//! `tracker.judge_for(route_index)`, a [`RouteMemory`] implementing
-//! [`TransitionJudge`](crate::engine::TransitionJudge). Bounded by `tracker.capacity`
-//! (least recently seen evicted) and `tracker.ttl` (README, "Task memory").
+//! One [`TaskMemory`] per sidecar, shared by every connection. Per inspected response of a
+//! tracked route, the inspection layer runs the engine through [`TaskMemory::judged`], which
+//! hands it a [`TransitionJudge`](crate::engine::TransitionJudge) for that route.
+//!
+//! - `memory`, `shard`: [`TaskTracker`], the local memory, bounded by `tracker.capacity`
+//!   (least recently seen evicted) and `tracker.ttl`.
+//! - `transition`: the model's codes, the merge of what was sent, the four rules.
+//! - `store`: [`TaskMemory`], local memory or Redis shared by every replica (`tracker.store`).
+//! - `redis`: the Redis side: `judge.lua` (judge-and-remember in one atomic call) and
+//!   `correct.lua`, the connection, failures counted and probed.
 
 mod memory;
 mod metrics;
+mod redis;
 mod shard;
+mod store;
 mod transition;
 
 pub use memory::{EvictionReason, RouteMemory, TaskTracker};
 pub use metrics::TrackerCollector;
+pub use redis::check_url as check_redis_url;
+pub use store::{MemoryRoute, StoreErrorReason, StoreMetrics, TaskMemory};
+pub use transition::rule_labels;
 
 #[cfg(test)]
 mod tests;

@@ -193,6 +193,22 @@ impl Shard {
         removed as u32
     }
 
+    /// Forgets every entry of `route`; returns how many.
+    pub fn forget_route(&mut self, route: u16, rehash: &impl Fn(u16, &str) -> u64) -> u32 {
+        let mut removed = 0;
+        let mut i = self.head;
+        while i != NIL {
+            let next = self.slots[i as usize].next;
+            if self.slots[i as usize].route == route {
+                self.remove(i, rehash);
+                self.release(i);
+                removed += 1;
+            }
+            i = next;
+        }
+        removed
+    }
+
     /// Forgets everything; returns how many entries there were.
     pub fn clear(&mut self) -> usize {
         let len = self.len();

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::{TrackerConfig, TransitionRule};
-use crate::engine::{Field, ModelConfig, RecordState, TransitionFinding, TransitionKind};
+use crate::engine::{
+    Field, ModelConfig, RecordState, RuleLabel, TransitionFinding, TransitionKind,
+};
 
 /// Code of a stage or status that is absent or outside the model.
 pub(crate) const UNKNOWN: u16 = u16::MAX;
@@ -86,18 +88,6 @@ impl Transitions {
         }
     }
 
-    /// The enabled transition rules as metric labels.
-    pub fn labels(&self) -> impl Iterator<Item = crate::engine::RuleLabel<'_>> {
-        self.rules
-            .iter()
-            .filter(|(rule, _)| rule.enabled)
-            .map(|(rule, name)| crate::engine::RuleLabel {
-                name,
-                level: rule.level,
-                fixes: rule.fix,
-            })
-    }
-
     /// Encodes the task fields of a record; values outside the model become [`UNKNOWN`].
     pub fn snapshot(&self, state: &RecordState) -> Snapshot {
         // Models are a handful of names: a linear scan beats hashing the string.
@@ -176,13 +166,25 @@ impl Transitions {
         findings
     }
 
+    /// The position in the flow given to `model.failed_stage` (see [`rank`](Self::rank)).
+    pub fn failed_rank(&self) -> usize {
+        self.stages.len().saturating_sub(1)
+    }
+
+    /// Whether `kind` is enabled and set to fix: the engine then applies its fix in fix mode
+    /// unless a single-record rule objects.
+    pub fn fixes(&self, kind: TransitionKind) -> bool {
+        let (rule, _) = self.rule(kind);
+        rule.enabled && rule.fix
+    }
+
     /// Position in the flow. The success stage and the failed stage both end the flow, so
     /// leaving the failed stage for a working stage is a regression, while completed ↔ failed
     /// is left to `terminal_changed`.
     fn rank(&self, stage: u16) -> Option<usize> {
         match stage {
             UNKNOWN => None,
-            FAILED => Some(self.stages.len().saturating_sub(1)),
+            FAILED => Some(self.failed_rank()),
             pos => Some(usize::from(pos)),
         }
     }
@@ -207,7 +209,7 @@ impl Transitions {
 
     /// A failing task legitimately drops its progress (to 0): its status or its stage is
     /// named `model.failed_stage`.
-    fn is_failing(&self, now: &Snapshot) -> bool {
+    pub fn is_failing(&self, now: &Snapshot) -> bool {
         now.stage == FAILED || (now.status != UNKNOWN && now.status == self.failed_status)
     }
 
@@ -261,4 +263,19 @@ fn number(progress: f64) -> Value {
     } else {
         Value::from(progress)
     }
+}
+
+/// The enabled transition rules of `config` as metric labels.
+pub fn rule_labels(config: &TrackerConfig) -> Vec<RuleLabel<'static>> {
+    TransitionKind::ALL
+        .into_iter()
+        .filter_map(|kind| {
+            let rule = config.rule(kind);
+            rule.enabled.then_some(RuleLabel {
+                name: kind.as_str(),
+                level: rule.level,
+                fixes: rule.fix,
+            })
+        })
+        .collect()
 }

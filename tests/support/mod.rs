@@ -23,9 +23,11 @@ pub mod browser;
 pub mod client;
 pub mod deploy;
 pub mod process;
+pub mod redis_server;
 pub mod scrape;
 pub mod sidecar;
 pub mod standin;
+pub mod tool;
 pub mod upstream;
 
 use std::future::Future;

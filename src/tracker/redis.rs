@@ -1,0 +1,467 @@
+//! The shared task memory on Redis: one script call per response reads and writes all its
+//! tracked records atomically; any failure is counted and leaves the response to local memory.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ErrorKind, RedisError, Script, ScriptInvocation};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::store::{StoreErrorReason, StoreMetrics};
+use super::transition::{Snapshot, UNKNOWN};
+use crate::config::TrackerConfig;
+use crate::engine::ModelConfig;
+
+/// Not contacted yet: responses try it.
+const STATE_UNKNOWN: u8 = 0;
+/// The last call succeeded: responses use it.
+const STATE_UP: u8 = 1;
+/// The last call failed: responses go to local memory without waiting, a probe retries.
+const STATE_DOWN: u8 = 2;
+
+/// Checks a `tracker.redis_url` the way the client will read it; the problem in one line.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => {
+            return Err(
+                "TLS (rediss://) is not built in: reach Redis on a private network, or through a TLS tunnel".into(),
+            )
+        }
+        // Not the URL itself in the message: it may carry a password.
+        _ => {
+            return Err(format!(
+                "scheme {scheme:?} not supported: expected redis://host[:port][/db] or redis+unix:///path"
+            ))
+        }
+    }
+    Client::open(url).map(drop).map_err(|err| {
+        // The client's message ends with its error kind ("... - InvalidClientConfig").
+        let text = err.to_string();
+        match text.rsplit_once(" - ") {
+            Some((message, _)) => message.trim().to_owned(),
+            None => text,
+        }
+    })
+}
+
+/// A Redis server holding the memory of every replica that shares its `key_prefix`.
+pub(crate) struct RedisStore {
+    client: Client,
+    /// Created on first use, inside the runtime: the manager spawns a task when it is built.
+    connection: OnceCell<ConnectionManager>,
+    judge: Script,
+    correct: Script,
+    prefix: String,
+    /// Of the model the codes in the values refer to: replicas with another model (during a
+    /// rollout that changes `[model]`) keep apart instead of misreading each other's codes.
+    fingerprint: String,
+    ttl_ms: u64,
+    failed_rank: usize,
+    timeout: Duration,
+    connect_timeout: Duration,
+    retry_interval: Duration,
+    state: AtomicU8,
+    probing: AtomicBool,
+    metrics: StoreMetrics,
+    /// Keys corrected so far: the tests check that the script's predictions hold.
+    #[cfg(test)]
+    corrected: std::sync::atomic::AtomicU64,
+}
+
+/// A tracked record as the first pass saw it: its task, and what it would be judged on.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub task_id: String,
+    pub now: Snapshot,
+    /// Whether the record is failing, so that its progress may drop.
+    pub failing: bool,
+}
+
+/// What Redis answered for one record.
+#[derive(Debug, Clone)]
+pub(crate) struct Exchanged {
+    /// The memory before this record; `None` for a task Redis does not know.
+    pub prev: Option<Snapshot>,
+    /// The value stored for this record, encoded.
+    pub stored: String,
+}
+
+/// A value to put in place of one the judge script stored, unless the key changed since.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Correction {
+    pub task_id: String,
+    pub stored: String,
+    pub value: String,
+}
+
+/// The transition fixes the engine applies on a route (fix mode, rule enabled, `fix = true`),
+/// which the judge script assumes when it predicts what is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Holds {
+    pub stage: bool,
+    pub progress: bool,
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// A store for `config.redis_url`; nothing is connected until the first use.
+    pub fn new(
+        config: &TrackerConfig,
+        model: &ModelConfig,
+        failed_rank: usize,
+        metrics: StoreMetrics,
+    ) -> Result<RedisStore, RedisError> {
+        metrics.up.set(0);
+        Ok(RedisStore {
+            client: Client::open(config.redis_url.as_str())?,
+            connection: OnceCell::new(),
+            judge: Script::new(include_str!("judge.lua")),
+            correct: Script::new(include_str!("correct.lua")),
+            prefix: config.key_prefix.clone(),
+            fingerprint: format!("{:08x}", fingerprint(model)),
+            ttl_ms: u64::try_from(config.ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            failed_rank,
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            retry_interval: config.retry_interval,
+            state: AtomicU8::new(STATE_UNKNOWN),
+            probing: AtomicBool::new(false),
+            metrics,
+            #[cfg(test)]
+            corrected: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The longest a response waits for this store.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether responses should skip the store: it failed and has not answered a probe since.
+    /// Each skipped response is counted as `down`.
+    pub fn skipping(self: &Arc<Self>) -> bool {
+        if self.state.load(Ordering::Acquire) != STATE_DOWN {
+            return false;
+        }
+        self.metrics.error(StoreErrorReason::Down);
+        self.start_probe();
+        true
+    }
+
+    /// Background upkeep: connects early, and keeps a probe running while the store is down.
+    pub fn maintain(self: &Arc<Self>) {
+        if self.state.load(Ordering::Acquire) != STATE_UP {
+            self.start_probe();
+        }
+    }
+
+    /// Judge-and-remember for the tracked records of one response of `route`: what Redis held
+    /// for each, in record order. `None` (counted, and the store marked down) when Redis
+    /// failed or did not answer by `deadline`.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        route: &str,
+        holds: Holds,
+        records: &[Candidate],
+        deadline: Instant,
+    ) -> Option<Vec<Exchanged>> {
+        let mut call = self.judge.prepare_invoke();
+        call.arg(self.ttl_ms)
+            .arg(self.failed_rank)
+            .arg(u8::from(holds.stage))
+            .arg(u8::from(holds.progress));
+        for record in records {
+            call.key(self.key(route, &record.task_id))
+                .arg(record.now.stage)
+                .arg(record.now.status)
+                .arg(encode_progress(record.now.progress))
+                .arg(u8::from(record.failing));
+        }
+        let reply: Vec<Option<String>> = self.call(&call, deadline).await?;
+        match parse_exchange(reply, records.len()) {
+            Some(exchanged) => Some(exchanged),
+            None => {
+                self.failed(StoreErrorReason::Protocol);
+                None
+            }
+        }
+    }
+
+    /// Puts what was really sent in place of predictions the engine did not follow, within
+    /// the same `deadline` as the exchange.
+    pub async fn correct(
+        self: &Arc<Self>,
+        route: &str,
+        corrections: &[Correction],
+        deadline: Instant,
+    ) {
+        let mut call = self.correct.prepare_invoke();
+        call.arg(self.ttl_ms);
+        for correction in corrections {
+            call.key(self.key(route, &correction.task_id))
+                .arg(&correction.stored)
+                .arg(&correction.value);
+        }
+        let corrected: Option<u64> = self.call(&call, deadline).await;
+        #[cfg(test)]
+        self.corrected
+            .fetch_add(corrected.unwrap_or(0), Ordering::Relaxed);
+        #[cfg(not(test))]
+        let _ = corrected;
+    }
+
+    /// Keys corrected so far.
+    #[cfg(test)]
+    pub fn corrected(&self) -> u64 {
+        self.corrected.load(Ordering::Relaxed)
+    }
+
+    /// Runs a script call by `deadline`; failures are counted and mark the store down.
+    async fn call<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        call: &ScriptInvocation<'_>,
+        deadline: Instant,
+    ) -> Option<T> {
+        let result = tokio::time::timeout_at(deadline, async {
+            let mut connection = self.connection().await?;
+            call.invoke_async::<T>(&mut connection).await
+        })
+        .await;
+        match result {
+            Ok(Ok(value)) => {
+                self.succeeded();
+                Some(value)
+            }
+            Ok(Err(err)) => {
+                let reason = reason(&err);
+                tracing::debug!(error = %err, reason = reason.as_str(), "task store failed");
+                self.failed(reason);
+                None
+            }
+            Err(_) => {
+                self.failed(StoreErrorReason::Timeout);
+                None
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        let manager = self
+            .connection
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    // One attempt per use: the probe, not the manager, paces the retries.
+                    .set_number_of_retries(0);
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(manager.clone())
+    }
+
+    fn succeeded(&self) {
+        if self.state.swap(STATE_UP, Ordering::AcqRel) != STATE_UP {
+            self.metrics.up.set(1);
+            tracing::info!("task store connected: responses are judged with the shared memory");
+        }
+    }
+
+    fn failed(self: &Arc<Self>, reason: StoreErrorReason) {
+        self.metrics.error(reason);
+        if self.state.swap(STATE_DOWN, Ordering::AcqRel) != STATE_DOWN {
+            self.metrics.up.set(0);
+            tracing::warn!(
+                reason = reason.as_str(),
+                retry = %humantime::format_duration(self.retry_interval),
+                "task store unavailable: responses are judged with local memory"
+            );
+        }
+        self.start_probe();
+    }
+
+    /// Starts the probe unless one is running. It runs the judge script on a key of its own
+    /// (so a Redis that answers PING but refuses writes or scripts stays down) every
+    /// `retry_interval` until it succeeds.
+    fn start_probe(self: &Arc<Self>) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.probing.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(probe(Arc::downgrade(self)));
+    }
+
+    /// `<key_prefix><route>:<model fingerprint>:<task id>`; route names are `[a-z0-9_]+`, so
+    /// the first two colons after the prefix are unambiguous whatever the id holds.
+    fn key(&self, route: &str, task_id: &str) -> Vec<u8> {
+        let mut key = String::with_capacity(
+            self.prefix.len() + route.len() + self.fingerprint.len() + task_id.len() + 2,
+        );
+        key.push_str(&self.prefix);
+        key.push_str(route);
+        key.push(':');
+        key.push_str(&self.fingerprint);
+        key.push(':');
+        key.push_str(task_id);
+        key.into_bytes()
+    }
+
+    /// The probe's own key: no route is called `probe:`-anything, as route names have no colon.
+    fn probe_key(&self) -> String {
+        format!("{}probe", self.prefix)
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the client: its URL may carry a password.
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("fingerprint", &self.fingerprint)
+            .field("timeout", &self.timeout)
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retries the store every `retry_interval` until a judge call on the probe key succeeds.
+async fn probe(store: Weak<RedisStore>) {
+    loop {
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let deadline = Instant::now() + store.connect_timeout + store.timeout;
+        // A record with no known field, on a key of its own: the whole path of a response.
+        let mut call = store.judge.prepare_invoke();
+        call.arg(store.ttl_ms)
+            .arg(store.failed_rank)
+            .arg(0)
+            .arg(0)
+            .key(store.probe_key())
+            .arg(UNKNOWN)
+            .arg(UNKNOWN)
+            .arg("")
+            .arg(0);
+        let answered: Option<Vec<Option<String>>> = store.call(&call, deadline).await;
+        if answered.is_some() {
+            store.probing.store(false, Ordering::Release);
+            // A response that failed between the success and the line above found the probe
+            // still running and started none: carry on for it.
+            if store.state.load(Ordering::Acquire) != STATE_DOWN
+                || store.probing.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+        }
+        let pause = store.retry_interval;
+        drop(store);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Which `reason` a client error counts under.
+fn reason(err: &RedisError) -> StoreErrorReason {
+    if err.is_timeout() {
+        return StoreErrorReason::Timeout;
+    }
+    match err.kind() {
+        ErrorKind::Server(_) | ErrorKind::Extension => StoreErrorReason::Reply,
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreErrorReason::Protocol,
+        _ => StoreErrorReason::Connection,
+    }
+}
+
+/// The judge script's answer: a value read (or nil) and a value stored, per record.
+fn parse_exchange(reply: Vec<Option<String>>, records: usize) -> Option<Vec<Exchanged>> {
+    if reply.len() != 2 * records {
+        return None;
+    }
+    let mut out = Vec::with_capacity(records);
+    let mut reply = reply.into_iter();
+    while let (Some(prev), Some(stored)) = (reply.next(), reply.next()) {
+        out.push(Exchanged {
+            // A value the script read but this build cannot is a task starting afresh.
+            prev: prev.as_deref().and_then(decode),
+            stored: stored?,
+        });
+    }
+    Some(out)
+}
+
+/// A memory as a value: `<stage>:<status>:<progress>`, progress empty when never sent.
+pub(crate) fn encode(memory: &Snapshot) -> String {
+    let mut value = format!("{}:{}:", memory.stage, memory.status);
+    if !memory.progress.is_nan() {
+        // `Display` of an f64 is the shortest text that parses back to the same number.
+        let _ = write!(value, "{}", memory.progress);
+    }
+    value
+}
+
+fn encode_progress(progress: f64) -> String {
+    if progress.is_nan() {
+        String::new()
+    } else {
+        progress.to_string()
+    }
+}
+
+/// The inverse of [`encode`]; `None` for anything else.
+pub(crate) fn decode(value: &str) -> Option<Snapshot> {
+    let mut parts = value.splitn(3, ':');
+    let code = |part: Option<&str>| -> Option<u16> {
+        let part = part?;
+        // Digits only, as the script reads them (`u16::from_str` would also take a '+').
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let stage = code(parts.next())?;
+    let status = code(parts.next())?;
+    let progress = match parts.next()? {
+        "" => f64::NAN,
+        text => text.parse().ok().filter(|p: &f64| p.is_finite())?,
+    };
+    Some(Snapshot {
+        stage,
+        status,
+        progress,
+    })
+}
+
+/// FNV-1a (32 bits) of the model's stages, failed stage and statuses: the names the codes in
+/// the values point to. Stable across builds and platforms, unlike `std`'s hashers.
+fn fingerprint(model: &ModelConfig) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u32::from(b);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    };
+    for stage in &model.stages {
+        feed(stage.as_bytes());
+        feed(b"\n");
+    }
+    feed(b"\x00");
+    feed(model.failed_stage.as_bytes());
+    feed(b"\x00");
+    for status in &model.statuses {
+        feed(status.as_bytes());
+        feed(b"\n");
+    }
+    hash
+}
