@@ -180,3 +180,6 @@ fn stack<U>(
             answered.clone(),
         ))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,17 +1,11 @@
 //! The admin port of the sidecar binary: `/metrics` counts equal the requests made,
-//! `/healthz`, `/readyz`, `/report`; and the stack driven with `oneshot`, without a socket.
+//! `/healthz`, `/readyz`, `/report`. (The stack's failure metrics, without a socket:
+//! `src/stack/tests.rs`.)
 
 mod support;
 
-use std::sync::Arc;
-
-use consistency_sidecar::config::Config;
-
-use consistency_sidecar::settings::Settings;
 use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use support::*;
-use tower::ServiceExt;
 
 #[tokio::test]
 async fn metrics_count_exactly_the_requests_made() {
@@ -116,60 +110,4 @@ async fn health_and_readiness() {
     assert_eq!(report["consistency_ratio"], 1.0);
     let (status, _, _) = get(&sidecar.admin_url("/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-}
-
-#[tokio::test]
-async fn the_stack_answers_without_a_client_socket() {
-    let down = free_port();
-    let config = Config {
-        upstream: format!("http://{down}").parse().expect("url"),
-        ..Config::default()
-    };
-    let settings = Arc::new(Settings::compile(config).expect("settings"));
-    let sidecar = consistency_sidecar::stack::Sidecar::new(settings).expect("metrics register");
-    let app = sidecar.app();
-
-    let response = app
-        .clone()
-        .oneshot(
-            Request::builder()
-                .method(Method::CONNECT)
-                .uri("example.com:443")
-                .body(consistency_sidecar::proxy::ProxyBody::default())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-    // The response body holds the request in flight until it is dropped.
-    drop(response);
-
-    let response = app
-        .oneshot(
-            Request::get("/test/status/abc")
-                .body(consistency_sidecar::proxy::ProxyBody::default())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-    assert_eq!(json["error"], "upstream_unreachable");
-    let text = Scrape::parse(
-        &String::from_utf8(consistency_sidecar::metrics::encode(&sidecar.registry)).expect("utf-8"),
-    );
-    assert_eq!(
-        text.value(
-            "consistency_proxy_requests_total",
-            &[("code", "5xx"), ("method", "GET"), ("route", "task_status")]
-        ),
-        1.0
-    );
-    assert_eq!(text.value("consistency_proxy_inflight_requests", &[]), 0.0);
 }
