@@ -1039,9 +1039,7 @@ async fn task_keys(server: &RedisServer) -> Vec<String> {
 
 /// Two replicas sharing a `redis-server` of their own, or `None` outside CI without one.
 fn shared(tweak: impl FnOnce(&mut Config)) -> Option<Memory> {
-    if tool::tool("redis-server").is_none() {
-        return None;
-    }
+    tool::tool("redis-server")?;
     let mut config = Config::default();
     config.tracker.timeout = Duration::from_secs(5);
     tweak(&mut config);

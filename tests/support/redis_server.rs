@@ -21,9 +21,7 @@ impl RedisServer {
     /// Starts a server on a free loopback port. `None` when `redis-server` is missing
     /// outside CI (with `CI=true`, a missing tool fails the test).
     pub fn start() -> Option<RedisServer> {
-        if tool::tool("redis-server").is_none() {
-            return None;
-        }
+        tool::tool("redis-server")?;
         // A free port can be taken between being found and being bound: try a few.
         for _ in 0..5 {
             let port = free_port();
