@@ -16,9 +16,11 @@ fn verdict(task: &str, level: Level, rules: &[&str]) -> RecordVerdict {
                 rule: Arc::from(*r),
                 level,
                 message: format!("{r} broke"),
+                shadow: false,
             })
             .collect(),
         fixes: Vec::new(),
+        shadow_fixes: Vec::new(),
         sent: RecordState::default(),
     }
 }

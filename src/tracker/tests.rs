@@ -9,7 +9,8 @@ use serde_json::json;
 use super::*;
 use crate::config::{Config, TrackerConfig};
 use crate::engine::{
-    Field, Level, ModelConfig, RecordState, TransitionFinding, TransitionJudge, TransitionKind,
+    Field, Level, ModelConfig, RecordState, RuleMode, TransitionFinding, TransitionJudge,
+    TransitionKind,
 };
 
 /// The shipped defaults.
@@ -105,6 +106,7 @@ fn stage_regression_fires_without_fix_by_default() {
                 "stage ranking_analysis → ai_fetching: earlier in the flow than the last one sent"
                     .into(),
             fix: None,
+            shadow: false,
         }]
     );
 }
@@ -174,6 +176,7 @@ fn terminal_reopened_fires_when_a_completed_task_runs_again() {
             level: Level::Critical,
             message: "status completed → running after the task was sent as completed".into(),
             fix: None,
+            shadow: false,
         }]
     );
 }
@@ -236,6 +239,7 @@ fn terminal_changed_fires_both_ways() {
             level: Level::Critical,
             message: "status completed → failed after the task was sent as completed".into(),
             fix: None,
+            shadow: false,
         }]
     );
     let findings = transition(
@@ -262,6 +266,7 @@ fn progress_regression_fixes_to_the_last_progress_sent() {
             level: Level::MinorIssue,
             message: "progress 60 → 40: lower than the last one sent".into(),
             fix: Some((Field::Progress, json!(60))),
+            shadow: false,
         }]
     );
     let findings = transition(
@@ -334,6 +339,36 @@ fn disabled_rules_and_configured_levels_are_honoured() {
     let findings = poll(&t, 0, "t1", &state("running", "init", 10.0));
     assert_eq!(rules(&findings), ["stage_regression"]);
     assert_eq!(findings[0].level, Level::Critical);
+}
+
+#[test]
+fn rules_in_shadow_propose_their_fix_marked_as_shadow() {
+    let (mut config, model) = defaults();
+    config.rules.progress_regression.mode = RuleMode::Shadow;
+    config.rules.terminal_reopened.mode = RuleMode::Shadow;
+    let t = TaskTracker::new(&config, &model);
+    poll(&t, 0, "t1", &state("running", "source_tracing", 80.0));
+    let findings = poll(&t, 0, "t1", &state("running", "source_tracing", 70.0));
+    assert_eq!(
+        findings,
+        vec![TransitionFinding {
+            rule: "progress_regression".into(),
+            level: Level::MinorIssue,
+            message: "progress 80 → 70: lower than the last one sent".into(),
+            fix: Some((Field::Progress, json!(80))),
+            shadow: true,
+        }]
+    );
+    // A rule with no fix in shadow: reported, marked.
+    poll(&t, 0, "t2", &state("completed", "completed", 100.0));
+    let findings = poll(&t, 0, "t2", &state("running", "completed", 100.0));
+    assert_eq!(rules(&findings), ["terminal_reopened"]);
+    assert!(findings[0].shadow && findings[0].fix.is_none());
+    // The others stay in fix mode.
+    poll(&t, 0, "t3", &state("running", "source_tracing", 80.0));
+    let findings = poll(&t, 0, "t3", &state("running", "init", 80.0));
+    assert_eq!(rules(&findings), ["stage_regression"]);
+    assert!(!findings[0].shadow);
 }
 
 #[test]

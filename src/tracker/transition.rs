@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::{TrackerConfig, TransitionRule};
-use crate::engine::{Field, ModelConfig, RecordState, TransitionFinding, TransitionKind};
+use crate::engine::{Field, ModelConfig, RecordState, RuleMode, TransitionFinding, TransitionKind};
 
 /// Code of a stage or status that is absent or outside the model.
 pub(crate) const UNKNOWN: u16 = u16::MAX;
@@ -223,6 +223,7 @@ impl Transitions {
                 level: rule.level,
                 message,
                 fix: None,
+                shadow: rule.mode == RuleMode::Shadow,
             });
         }
     }
@@ -241,6 +242,7 @@ impl Transitions {
                 level: rule.level,
                 message,
                 fix: rule.fix.then_some(fix),
+                shadow: rule.mode == RuleMode::Shadow,
             });
         }
     }
