@@ -253,7 +253,7 @@ fn would_fix<'a>(rules: &'a RuleSet, mut state: State<'a>, found: &mut Found) {
             && !rule.fix.is_empty()
             && found.issues.iter().any(|i| i.rule == rule.name)
     };
-    if !rules.rules.iter().any(shadow_fired) {
+    if rules.shadow_len() == 0 || !rules.rules.iter().any(shadow_fired) {
         return;
     }
     let mut all = Found::default();

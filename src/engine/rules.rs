@@ -10,6 +10,8 @@ use super::vocab::{Field, Level, RuleMode};
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     pub(crate) rules: Vec<Rule>,
+    /// How many of `rules` are in shadow.
+    shadow: usize,
     statuses: Vec<Box<str>>,
     /// Working stages plus the failed stage.
     stages: Vec<Box<str>>,
@@ -71,6 +73,10 @@ impl RuleSet {
             .map(|(i, r)| Rule::compile(i, r))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RuleSet {
+            shadow: compiled
+                .iter()
+                .filter(|r| r.mode == RuleMode::Shadow)
+                .count(),
             rules: compiled,
             statuses: model.statuses.iter().map(|s| s.as_str().into()).collect(),
             stages,
@@ -98,10 +104,7 @@ impl RuleSet {
 
     /// How many enabled rules are in shadow.
     pub(crate) fn shadow_len(&self) -> usize {
-        self.rules
-            .iter()
-            .filter(|r| r.mode == RuleMode::Shadow)
-            .count()
+        self.shadow
     }
 
     /// Whether `value` is in the enumeration of the field in `slot` (status or stage).
