@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::engine::{FieldsConfig, Level, Mode, ModelConfig, RuleConfig, TransitionKind};
+use crate::engine::{FieldsConfig, Level, Mode, ModelConfig, RuleConfig, RuleMode, TransitionKind};
 
 pub use crate::engine::ConfigError;
 
@@ -172,6 +172,8 @@ pub struct InspectConfig {
     pub max_held_bytes: usize,
     /// Add `x-consistency-fixed: rule,rule` to patched responses.
     pub fixed_header: bool,
+    /// Add `x-consistency-shadow: rule,rule` to responses that rules in shadow would have patched.
+    pub shadow_header: bool,
     /// Log the report this often; "0s" turns it off.
     #[serde(with = "humantime_serde")]
     pub report_interval: Duration,
@@ -306,6 +308,8 @@ pub struct TransitionRule {
     pub level: Level,
     /// stage_regression: hold the last stage sent; progress_regression: hold the last progress.
     pub fix: bool,
+    /// `shadow`: judged and counted, its fix never applied.
+    pub mode: RuleMode,
 }
 
 // === impl TrackerConfig ===

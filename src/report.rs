@@ -33,6 +33,9 @@ pub struct RecentIssue {
     pub rule: String,
     pub level: Level,
     pub message: String,
+    /// Raised by a rule in shadow (counted, never applied, the record's level left alone).
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// Counters since start and the most recent issues.
@@ -136,6 +139,7 @@ impl ReportBook {
                 rule: issue.rule.to_string(),
                 level: issue.level,
                 message: issue.message.clone(),
+                shadow: issue.shadow,
             });
         }
     }
@@ -204,10 +208,11 @@ impl Report {
         for issue in &self.recent_issues {
             let _ = writeln!(
                 out,
-                "  - [{}] task_id={} {}: {} ({})",
+                "  - [{}] task_id={} {}{}: {} ({})",
                 issue.level,
                 issue.task_id.as_deref().unwrap_or("-"),
                 issue.rule,
+                if issue.shadow { " (shadow)" } else { "" },
                 issue.message,
                 issue.route
             );

@@ -48,6 +48,49 @@ fn check_config_prints_the_effective_defaults() {
     assert_eq!(config.routes.len(), 3);
 }
 
+/// Rules in shadow are named above the configuration, which still reads back as TOML.
+#[test]
+fn check_config_names_the_rules_in_shadow() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shadow.toml");
+    std::fs::write(
+        &path,
+        "[[rules]]\nname = \"failed_progress\"\nmode = \"shadow\"\n\
+         [tracker.rules.progress_regression]\nmode = \"shadow\"\n",
+    )
+    .expect("write config");
+    let out = sidecar(&[
+        "check-config",
+        "--config",
+        path.to_str().expect("UTF-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.lines().next(),
+        Some("# rules in shadow (judged and counted, their fixes never applied): failed_progress, tracker.rules.progress_regression"),
+        "{printed}"
+    );
+    let config = consistency_sidecar::config::parse(&printed).expect("printed config parses");
+    let rule = config
+        .rules
+        .iter()
+        .find(|r| r.name == "failed_progress")
+        .unwrap();
+    assert_eq!(
+        rule.mode,
+        Some(consistency_sidecar::engine::RuleMode::Shadow)
+    );
+
+    // None in shadow: no such line.
+    let out = sidecar(&["check-config"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("in shadow"));
+}
+
 #[test]
 fn bad_config_is_one_line_naming_the_key_and_exit_64() {
     let cases = [
@@ -67,6 +110,16 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
             "routes[0].records",
         ),
         ("unknown", "lisen = \"127.0.0.1:1\"\n", "lisen"),
+        (
+            "rule_mode",
+            "[[rules]]\nname = \"completed_stage\"\nmode = \"dry_run\"\n",
+            "rules[0].mode",
+        ),
+        (
+            "transition_mode",
+            "[tracker.rules.progress_regression]\nmode = \"dry_run\"\n",
+            "tracker.rules.progress_regression.mode",
+        ),
     ];
     let dir = tempfile::tempdir().expect("temp dir");
     for (name, text, key) in cases {
@@ -226,6 +279,50 @@ fn inspect_prints_the_verdict_and_exits_by_what_it_found() {
     let out = inspect(&["--route", "nope"], consistent);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown route"));
+}
+
+/// A rule in shadow: its issue and what it would fix are shown apart, the body is not changed
+/// by it, and the exit status follows the record's level, which it leaves alone.
+#[test]
+fn inspect_shows_what_a_rule_in_shadow_would_fix() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("shadow.toml");
+    std::fs::write(
+        &config,
+        "[[rules]]\nname = \"completed_stage\"\nmode = \"shadow\"\n",
+    )
+    .expect("write config");
+    let config = config.to_str().expect("UTF-8 path");
+    let stale = r#"{"task_id": "b", "status": "completed", "stage": "ai_fetching", "progress": 100, "is_completed": true}"#;
+    let out = inspect(&["--config", config], stale);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "only a shadow issue: consistent"
+    );
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["changed"], false);
+    assert_eq!(verdict["shadow_would_change"], true);
+    let record = &verdict["records"][0];
+    assert_eq!(record["level"], "consistent");
+    assert_eq!(record["issues"][0]["rule"], "completed_stage");
+    assert_eq!(record["issues"][0]["level"], "minor_issue");
+    assert_eq!(record["issues"][0]["mode"], "shadow");
+    assert_eq!(record["fixes"].as_array().unwrap().len(), 0);
+    let would = &record["would_fix_shadow"][0];
+    assert_eq!(would["rule"], "completed_stage");
+    assert_eq!(would["field"], "stage");
+    assert_eq!(would["after"], "\"completed\"");
+    let out = inspect(&["--config", config, "--fixed"], stale);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), stale, "not applied");
+
+    // Switched to fix (the default), the same body is fixed.
+    let out = inspect(&["--fixed"], stale);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        stale.replace("\"ai_fetching\"", "\"completed\"")
+    );
 }
 
 #[test]

@@ -435,3 +435,34 @@ async fn dashboard_queries_return_data_on_a_healthy_sidecar() {
         started.elapsed()
     );
 }
+/// Applied fixes and would-be fixes of rules in shadow share `consistency_fixes_total`: every
+/// query of it names the `mode` it means, and the shadow panel sits beside the applied one.
+#[test]
+fn fix_queries_tell_applied_from_shadow() {
+    let d = dashboard();
+    for (title, e) in exprs(&d) {
+        if e.contains("consistency_fixes_total") {
+            assert!(
+                e.contains(r#"mode="applied""#) || e.contains(r#"mode="shadow""#),
+                "{title}: {e} mixes applied and shadow fixes"
+            );
+        }
+    }
+    let panel = |title: &str| {
+        panels(&d)
+            .into_iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title:?}"))
+    };
+    let applied = panel("Fixes applied by rule, per route");
+    let shadow = panel("Shadow fixes (would apply), per route");
+    assert!(shadow["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .starts_with(r#"sum by (route, rule) (rate(consistency_fixes_total{mode="shadow""#));
+    assert_eq!(shadow["fieldConfig"]["defaults"]["noValue"], "0");
+    assert_eq!(
+        shadow["gridPos"]["y"], applied["gridPos"]["y"],
+        "in the issues and fixes row"
+    );
+}

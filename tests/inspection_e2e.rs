@@ -155,15 +155,18 @@ fn assert_metrics_match_ledger(metrics: &Scrape, ledger: &Value, fixed: bool) {
                 injected,
                 "{route} issues {rule}"
             );
-            let fixes = series(
-                "consistency_fixes_total",
-                &[("route", route), ("rule", rule)],
-            );
+            let fixes = |mode| {
+                series(
+                    "consistency_fixes_total",
+                    &[("route", route), ("rule", rule), ("mode", mode)],
+                )
+            };
             assert_eq!(
-                fixes,
+                fixes("applied"),
                 if fixed { injected } else { 0.0 },
                 "{route} fixes {rule}"
             );
+            assert_eq!(fixes("shadow"), 0.0, "{route} shadow fixes {rule}");
         }
     }
     assert!(
@@ -372,4 +375,141 @@ async fn seed_integration_flow_through_the_sidecar() {
     assert_eq!(status, 400);
     let error: Value = serde_json::from_slice(&body).unwrap();
     assert!(error["error"].is_string());
+}
+
+/// A rule tried out in shadow, in front of the stand-in: clients get what the same config
+/// without that rule sends (the stand-in's completed_stage injections, as they were injected),
+/// every other injection is fixed, and the sidecar counts each injection of that rule as a
+/// shadow fix, in its metrics, its report and its log, without moving the ratio.
+#[tokio::test]
+async fn a_shadow_rule_is_counted_and_clients_get_the_answers_of_the_config_without_it() {
+    let Some(standin) = StandIn::start(&["--inject-rate", "0.3", "--seed", "11"]).await else {
+        return;
+    };
+    // A task re-polled after an injected stale stage would look like a stage regression once
+    // the stage is no longer fixed; that rule is off in both, so the ledger stays exact.
+    let common = "[tracker.rules.stage_regression]\nenabled = false\n";
+    let shadow_config = format!(
+        "{common}[inspect]\nshadow_header = true\n\
+         [[rules]]\nname = \"completed_stage\"\nmode = \"shadow\"\n"
+    );
+    let shadow = Sidecar::start(&standin.url(), &shadow_config).await;
+    let judge = ClientJudge::new();
+    let broken = poll_tasks(&shadow, &judge, 12).await;
+    let ledger = standin.ledger().await;
+    let metrics = shadow.metrics().await;
+    let mut shadowed = 0.0;
+    for route in ROUTES {
+        let entry = &ledger["routes"][route];
+        let injected = |rule: &str| entry["rules"][rule].as_f64().unwrap();
+        let seen = |rule: &str| broken.get(&format!("{route}:{rule}")).copied().unwrap_or(0);
+        let fixes = |rule: &str, mode: &str| {
+            metrics.value(
+                "consistency_fixes_total",
+                &[("route", route), ("rule", rule), ("mode", mode)],
+            )
+        };
+        for rule in RULES {
+            if rule == "completed_stage" {
+                // Sent as injected, and counted as what it would have fixed.
+                assert_eq!(
+                    seen(rule) as f64,
+                    injected(rule),
+                    "{route} clients saw {rule}"
+                );
+                assert_eq!(
+                    fixes(rule, "shadow"),
+                    injected(rule),
+                    "{route} {rule} shadow"
+                );
+                assert_eq!(fixes(rule, "applied"), 0.0, "{route} {rule} applied");
+                shadowed += injected(rule);
+            } else {
+                assert_eq!(seen(rule), 0, "{route}: clients saw {rule} unfixed");
+                assert_eq!(
+                    fixes(rule, "applied"),
+                    injected(rule),
+                    "{route} {rule} applied"
+                );
+                assert_eq!(fixes(rule, "shadow"), 0.0, "{route} {rule} shadow");
+            }
+            assert_eq!(
+                metrics.value(
+                    "consistency_issues_total",
+                    &[("route", route), ("rule", rule), ("level", "minor_issue")]
+                ),
+                injected(rule),
+                "{route} issues {rule}"
+            );
+        }
+        // The shadow rule's records count as consistent: trying a rule out moves no ratio.
+        let level = |level: &str| {
+            metrics.value(
+                "consistency_results_total",
+                &[("route", route), ("level", level)],
+            )
+        };
+        let value = |key: &str| entry[key].as_f64().unwrap();
+        assert_eq!(
+            level("consistent"),
+            value("consistent") + injected("completed_stage"),
+            "{route} consistent"
+        );
+        assert_eq!(
+            level("minor_issue"),
+            value("minor_issue") - injected("completed_stage"),
+            "{route} minor"
+        );
+    }
+    assert!(
+        shadowed >= 3.0,
+        "enough injections to mean something: {ledger}"
+    );
+
+    // The report shows them beside the applied fixes, and the log says "would fix".
+    let (status, _, body) = get(&shadow.admin_url("/report.json")).await;
+    assert_eq!(status, 200);
+    let report: Value = serde_json::from_slice(&body).unwrap();
+    let reported: f64 = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|route| route["fixes"].as_array().unwrap())
+        .filter(|fix| fix["rule"] == "completed_stage")
+        .map(|fix| {
+            assert_eq!(fix["applied"], 0, "{fix}");
+            fix["shadow"].as_f64().unwrap()
+        })
+        .sum();
+    assert_eq!(reported, shadowed);
+    let line = shadow
+        .wait_for_log("the would-fix line", |line| {
+            (line.contains("would fix (shadow rule, not applied)")
+                && line.contains("completed_stage"))
+            .then(|| line.to_string())
+        })
+        .await;
+    assert!(line.contains(r#"after="completed""#), "{line}");
+
+    // The same record through the same config without the rule, and with it in fix: byte for
+    // byte the backend's, unless the rule is switched to fix.
+    let without = Sidecar::start(
+        &standin.url(),
+        &format!("{common}[[rules]]\nname = \"completed_stage\"\nenabled = false\n"),
+    )
+    .await;
+    let fixing = Sidecar::start(&standin.url(), common).await;
+    let path = "/test/status/__inconsistent";
+    let (_, _, direct) = get(&format!("{}{path}", standin.url())).await;
+    let (_, headers, through_shadow) = get(&shadow.url(path)).await;
+    let (_, _, through_without) = get(&without.url(path)).await;
+    let (_, fixed_headers, through_fixing) = get(&fixing.url(path)).await;
+    assert_eq!(through_shadow, direct);
+    assert_eq!(through_shadow, through_without);
+    assert_eq!(headers["x-consistency-shadow"], "completed_stage");
+    assert_ne!(
+        through_fixing, direct,
+        "switched to fix, the rule changes the bytes"
+    );
+    assert!(!fixed_headers.contains_key("x-consistency-shadow"));
 }

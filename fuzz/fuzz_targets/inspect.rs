@@ -26,6 +26,7 @@ impl TransitionJudge for Proposer {
             level: Level::MinorIssue,
             message: String::new(),
             fix: Some((Field::Progress, serde_json::json!(progress + 1.0))),
+            shadow: false,
         }]
     }
     fn remember(&mut self, _: &str, _: &RecordState) {}

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{usage_error, ConfigArgs};
-use crate::config;
+use crate::config::{self, Config};
+use crate::engine::{RuleMode, TransitionKind};
 use crate::settings::Settings;
 
 #[derive(Debug, Args, Clone, Default)]
@@ -14,13 +15,39 @@ pub struct CheckConfigArgs {
     pub config: ConfigArgs,
 }
 
-/// Prints the effective configuration (defaults filled in) as TOML; a bad one exits 64.
+/// Prints the effective configuration (defaults filled in) as TOML, headed by a comment naming
+/// the rules in shadow if there are any; a bad one exits 64.
 pub fn run(args: &CheckConfigArgs) -> ExitCode {
     match config::load(args.config.config.as_deref()).and_then(Settings::compile) {
         Ok(settings) => {
+            let shadow = shadow_rules(&settings.config);
+            if !shadow.is_empty() {
+                println!(
+                    "# rules in shadow (judged and counted, their fixes never applied): {}",
+                    shadow.join(", ")
+                );
+            }
             print!("{}", settings.config.to_toml());
             ExitCode::SUCCESS
         }
         Err(err) => usage_error(&err),
     }
+}
+
+/// The enabled rules in shadow, by the key that sets them: `rules[i]` by its name, transition
+/// rules as `tracker.rules.<name>`.
+fn shadow_rules(config: &Config) -> Vec<String> {
+    let single = config
+        .rules
+        .iter()
+        .filter(|r| r.enabled != Some(false) && r.mode == Some(RuleMode::Shadow))
+        .map(|r| r.name.clone());
+    let transitions = TransitionKind::ALL
+        .into_iter()
+        .filter(|&kind| {
+            let rule = config.tracker.rule(kind);
+            rule.enabled && rule.mode == RuleMode::Shadow
+        })
+        .map(|kind| format!("tracker.rules.{}", kind.as_str()));
+    single.chain(transitions).collect()
 }

@@ -1,8 +1,10 @@
 //! `consistency-sidecar inspect`: run the engine on one body from a file or stdin.
 //!
-//! Prints the verdict as pretty JSON, or with `--fixed` only the (patched) body. Exit status:
-//! 0 consistent, 1 issues found, 2 unreadable input (missing file, unparseable, no record),
-//! 64 bad configuration or unknown route.
+//! Prints the verdict as pretty JSON, or with `--fixed` only the (patched) body. Rules in shadow
+//! are shown apart: their issues carry `"mode": "shadow"`, and what they would fix is listed
+//! under `would_fix_shadow`, never in the body. Exit status: 0 consistent, 1 issues found (of
+//! rules not in shadow, as the record's level counts them), 2 unreadable input (missing file,
+//! unparseable, no record), 64 bad configuration or unknown route.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -15,7 +17,9 @@ use serde_json::{json, Value};
 
 use super::{ConfigArgs, EX_USAGE};
 use crate::config;
-use crate::engine::{self, Inspection, Level, NoMemory, Outcome, RouteSpec, RuleSet};
+use crate::engine::{
+    self, Fix, Inspection, Level, NoMemory, Outcome, RouteSpec, RuleMode, RuleSet,
+};
 use crate::settings::Settings;
 
 const EXIT_ISSUES: u8 = 1;
@@ -133,6 +137,19 @@ fn verdict_json(name: &str, route: &RouteSpec, inspection: &Inspection) -> Value
                 .map(|r| r.level)
                 .max()
                 .unwrap_or(Level::Consistent);
+            let fixes = |fixes: &[Fix]| {
+                fixes
+                    .iter()
+                    .map(|f| {
+                        json!({
+                            "rule": &*f.rule,
+                            "field": f.field,
+                            "before": f.before,
+                            "after": f.after,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
             let rendered: Vec<Value> = records
                 .iter()
                 .map(|r| {
@@ -142,15 +159,12 @@ fn verdict_json(name: &str, route: &RouteSpec, inspection: &Inspection) -> Value
                         "issues": r.issues.iter().map(|i| json!({
                             "rule": &*i.rule,
                             "level": i.level,
+                            "mode": if i.shadow { RuleMode::Shadow } else { RuleMode::Fix },
                             "task_id": r.task_id,
                             "message": i.message,
                         })).collect::<Vec<_>>(),
-                        "fixes": r.fixes.iter().map(|f| json!({
-                            "rule": &*f.rule,
-                            "field": f.field,
-                            "before": f.before,
-                            "after": f.after,
-                        })).collect::<Vec<_>>(),
+                        "fixes": fixes(&r.fixes),
+                        "would_fix_shadow": fixes(&r.shadow_fixes),
                     })
                 })
                 .collect();
@@ -159,6 +173,7 @@ fn verdict_json(name: &str, route: &RouteSpec, inspection: &Inspection) -> Value
                 "mode": mode,
                 "level": level,
                 "changed": records.iter().any(|r| !r.fixes.is_empty()),
+                "shadow_would_change": records.iter().any(|r| !r.shadow_fixes.is_empty()),
                 "records": rendered,
             })
         }

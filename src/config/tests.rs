@@ -89,6 +89,14 @@ fn errors_name_the_key() {
             "[tracker.rules.stage_regression]\nenabled = 1",
             "tracker.rules.stage_regression.enabled",
         ),
+        (
+            "[tracker.rules.stage_regression]\nmode = true",
+            "tracker.rules.stage_regression.mode",
+        ),
+        (
+            "[inspect]\nshadow_header = \"yes\"",
+            "inspect.shadow_header",
+        ),
     ];
     for (text, key) in cases {
         let err = check(text).expect_err(text);
@@ -150,7 +158,7 @@ fn each_mistake_is_one_line_naming_its_key() {
         ),
         (
             "[[rules]]\nname = \"r\"\nlevl = \"critical\"".into(),
-            "rules[0].levl: unknown field `levl`, expected one of `name`, `enabled`, `level`, `when`, `fix`, `message`".into(),
+            "rules[0].levl: unknown field `levl`, expected one of `name`, `enabled`, `level`, `when`, `fix`, `message`, `mode`".into(),
         ),
         (
             "[[routes]]\nname = \"a\"\npath = \"/x\"\nfields = { statuz = \"s\" }".into(),
@@ -196,6 +204,23 @@ fn each_mistake_is_one_line_naming_its_key() {
         (
             "[[rules]]\nname = \"r\"\nlevel = \"hi\"".into(),
             "rules[0].level: unknown variant `hi`, expected one of `consistent`, `minor_issue`, `major_issue`, `critical`".into(),
+        ),
+        // A rule's mode, single-record or transition; a route's mode is another enumeration.
+        (
+            "[[rules]]\nname = \"completed_stage\"\nmode = \"shadw\"".into(),
+            "rules[0].mode: unknown variant `shadw`, expected `fix` or `shadow`".into(),
+        ),
+        (
+            "[[rules]]\nname = \"completed_stage\"\nshadow = true".into(),
+            "rules[0].shadow: unknown field `shadow`, expected one of `name`, `enabled`, `level`, `when`, `fix`, `message`, `mode`".into(),
+        ),
+        (
+            "[tracker.rules.progress_regression]\nmode = \"observe\"".into(),
+            "tracker.rules.progress_regression.mode: unknown variant `observe`, expected `fix` or `shadow`".into(),
+        ),
+        (
+            "[[routes]]\nname = \"a\"\npath = \"/x\"\nmode = \"shadow\"".into(),
+            "routes[0].mode: unknown variant `shadow`, expected `fix` or `observe`".into(),
         ),
         // Bad durations.
         (
@@ -280,6 +305,34 @@ fn routes_in_file_replace_defaults() {
     config.validate().unwrap();
     assert_eq!(config.routes.len(), 1);
     assert_eq!(config.routes[0].method, "GET");
+}
+
+#[test]
+fn a_rule_is_put_in_shadow_by_name_keeping_its_other_keys() {
+    let config = parse(
+        "[[rules]]\nname = \"completed_stage\"\nmode = \"shadow\"\n\
+         [tracker.rules.progress_regression]\nmode = \"shadow\"",
+    )
+    .unwrap();
+    let rule = |name: &str| config.rules.iter().find(|r| r.name == name).unwrap();
+    assert_eq!(rule("completed_stage").mode, Some(RuleMode::Shadow));
+    assert!(rule("completed_stage").fix.is_some());
+    assert_eq!(rule("failed_stage").mode, Some(RuleMode::Fix));
+    let progress = config.tracker.rule(TransitionKind::ProgressRegression);
+    assert_eq!(
+        (progress.enabled, progress.fix, progress.mode),
+        (true, true, RuleMode::Shadow)
+    );
+    // The default is fix, and check-config prints the mode back.
+    let text = Settings::compile(config).unwrap().config.to_toml();
+    assert_eq!(parse(&text).unwrap().to_toml(), text);
+    assert_eq!(
+        Config::default()
+            .tracker
+            .rule(TransitionKind::StageRegression)
+            .mode,
+        RuleMode::Fix
+    );
 }
 
 #[test]

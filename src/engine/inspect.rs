@@ -1,5 +1,9 @@
 //! [`inspect`]: scan the body, check each record, fix to a fixpoint, ask the transition judge,
 //! and patch only the bytes of changed values.
+//!
+//! A rule in shadow is reported like any other, but the record goes through the fixpoint and
+//! the judge exactly as it would with that rule removed; what it would fix comes from a second
+//! run in which it applies its fix, never sent.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -8,12 +12,12 @@ use bytes::Bytes;
 
 use super::json::{self, Kind, RecordSpans, ValueSpan};
 use super::route::RouteSpec;
-use super::rules::RuleSet;
+use super::rules::{Rule, RuleSet};
 use super::value::{record_state, slot_of, Slot, State, Val};
 use super::verdict::{
     Fix, Inspection, Issue, Outcome, RecordVerdict, SkipReason, TransitionFinding, TransitionJudge,
 };
-use super::vocab::{Field, Level, Mode};
+use super::vocab::{Field, Level, Mode, RuleMode};
 
 /// Rule name of the issue raised when a rule set's fixes keep changing a record.
 pub const FIX_NOT_CONVERGING: &str = "fix_not_converging";
@@ -63,6 +67,27 @@ struct Edit {
     text: String,
 }
 
+/// What checking one record found: every issue, the fixes applied, the fixes shadow rules
+/// would have made.
+#[derive(Default)]
+struct Found {
+    issues: Vec<Issue>,
+    fixes: Vec<Fix>,
+    shadow_fixes: Vec<Fix>,
+}
+
+/// Which rules' fixes a run of the fixpoint applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    /// Observe mode: none.
+    Nothing,
+    /// Fix mode: the rules in fix mode. Rules in shadow are only reported, so the state, the
+    /// fixes and the rounds are those of the same rule set without them.
+    FixMode,
+    /// What would happen if the rules in shadow were switched to fix: every rule.
+    Every,
+}
+
 fn check_record(
     rules: &RuleSet,
     text: &[u8],
@@ -78,26 +103,30 @@ fn check_record(
         Kind::Str => json::string_text(text, &span).into_owned(),
         _ => json::str_at(text, span.start, span.end).to_owned(),
     });
-    let mut issues = Vec::new();
-    let mut fixes = Vec::new();
+    let mut found = Found::default();
     let mut state = original();
-    if let Err(unsettled) = fix_to_fixpoint(rules, &mut state, fix, &mut issues, &mut fixes) {
+    let apply = if fix { Apply::FixMode } else { Apply::Nothing };
+    if let Err(unsettled) = fix_to_fixpoint(rules, &mut state, apply, &mut found) {
         // A rule set whose fixes keep changing the record: send it as it came, and say so.
         state = original();
-        fixes.clear();
+        found.fixes.clear();
         let names: Vec<&str> = unsettled.iter().map(|&i| &*rules.rules[i].name).collect();
         let names = names.join(", ");
-        issues.push(Issue {
+        found.issues.push(Issue {
             rule: FIX_NOT_CONVERGING.into(),
-            level: worst(&issues),
+            level: worst(&found.issues),
             message: format!(
                 "fixes of {names} do not settle within {} rounds; record left unfixed",
-                rules.len() + 1
+                rounds(rules, apply)
             ),
+            shadow: false,
         });
     }
+    if fix {
+        would_fix(rules, original(), &mut found);
+    }
     let sent = match &task_id {
-        Some(id) => judge_transitions(rules, id, &mut state, fix, judge, &mut issues, &mut fixes),
+        Some(id) => judge_transitions(rules, id, &mut state, fix, judge, &mut found),
         None => record_state(&state),
     };
     if fix {
@@ -119,50 +148,67 @@ fn check_record(
     }
     RecordVerdict {
         task_id,
-        level: worst(&issues),
-        issues,
-        fixes,
+        level: worst(&found.issues),
+        issues: found.issues,
+        fixes: found.fixes,
+        shadow_fixes: found.shadow_fixes,
         sent,
     }
 }
 
+/// The worst level among issues of rules not in shadow.
 fn worst(issues: &[Issue]) -> Level {
     issues
         .iter()
+        .filter(|i| !i.shadow)
         .map(|i| i.level)
         .max()
         .unwrap_or(Level::Consistent)
 }
 
+/// The rounds a fixpoint may take: one more than the rules that take part in it.
+fn rounds(rules: &RuleSet, apply: Apply) -> usize {
+    match apply {
+        Apply::FixMode => rules.len() - rules.shadow_len() + 1,
+        Apply::Nothing | Apply::Every => rules.len() + 1,
+    }
+}
+
 /// Reports every rule that fires on the record or on any intermediate fixed state (once each),
-/// and in fix mode applies fixes until nothing fixable fires. If it does not settle within
-/// `rules + 1` rounds (a rule set whose fixes oscillate or cannot clear their own rule), returns
+/// and applies the fixes `apply` allows until nothing fixable fires. If it does not settle
+/// within [`rounds`] (a rule set whose fixes oscillate or cannot clear their own rule), returns
 /// the fixable rules still firing in the last round.
 fn fix_to_fixpoint<'a>(
     rules: &'a RuleSet,
     state: &mut State<'a>,
-    fix: bool,
-    issues: &mut Vec<Issue>,
-    fixes: &mut Vec<Fix>,
+    apply: Apply,
+    found: &mut Found,
 ) -> Result<(), Vec<usize>> {
     let mut reported: Vec<usize> = Vec::new();
     let mut active: Vec<usize> = Vec::new();
-    for _ in 0..=rules.len() {
+    for _ in 0..rounds(rules, apply) {
         let mut changed = false;
         active.clear();
         for (i, rule) in rules.rules.iter().enumerate() {
             if !rules.fires(rule, state) {
                 continue;
             }
+            let shadow = rule.mode == RuleMode::Shadow;
             if !reported.contains(&i) {
                 reported.push(i);
-                issues.push(Issue {
+                found.issues.push(Issue {
                     rule: rule.name.clone(),
                     level: rule.level,
                     message: rule.message(state),
+                    shadow,
                 });
             }
-            if !fix {
+            let applies = match apply {
+                Apply::Nothing => false,
+                Apply::FixMode => !shadow,
+                Apply::Every => true,
+            };
+            if !applies {
                 continue;
             }
             for (slot, value) in &rule.fix {
@@ -175,7 +221,7 @@ fn fix_to_fixpoint<'a>(
                 if current.val.same(&value.val) {
                     continue;
                 }
-                fixes.push(Fix {
+                found.fixes.push(Fix {
                     rule: rule.name.clone(),
                     field: Field::ALL[*slot],
                     before: current.raw.to_string(),
@@ -197,16 +243,60 @@ fn fix_to_fixpoint<'a>(
     Err(active)
 }
 
+/// Adds the fixes the rules in shadow would make if they were switched to fix: their fixes in
+/// a run from the original record where every rule applies its own. Nothing to do when no rule
+/// in shadow with a fix fired (that run would be the real one). If that run would not settle,
+/// a shadow `fix_not_converging` issue says so instead, before the switch makes it real.
+fn would_fix<'a>(rules: &'a RuleSet, mut state: State<'a>, found: &mut Found) {
+    let shadow_fired = |rule: &Rule| {
+        rule.mode == RuleMode::Shadow
+            && !rule.fix.is_empty()
+            && found.issues.iter().any(|i| i.rule == rule.name)
+    };
+    if rules.shadow_len() == 0 || !rules.rules.iter().any(shadow_fired) {
+        return;
+    }
+    let mut all = Found::default();
+    match fix_to_fixpoint(rules, &mut state, Apply::Every, &mut all) {
+        Ok(()) => {
+            let in_shadow = |fix: &Fix| {
+                rules
+                    .rules
+                    .iter()
+                    .any(|r| r.name == fix.rule && r.mode == RuleMode::Shadow)
+            };
+            found
+                .shadow_fixes
+                .extend(all.fixes.into_iter().filter(in_shadow));
+        }
+        // Already said of the record as it is sent.
+        Err(_) if found.issues.iter().any(|i| &*i.rule == FIX_NOT_CONVERGING) => {}
+        Err(unsettled) => {
+            let names: Vec<&str> = unsettled.iter().map(|&i| &*rules.rules[i].name).collect();
+            found.issues.push(Issue {
+                rule: FIX_NOT_CONVERGING.into(),
+                level: all.issues.iter().map(|i| i.level).max().unwrap_or(Level::Consistent),
+                message: format!(
+                    "with the rules in shadow switched to fix, fixes of {} would not settle within {} rounds",
+                    names.join(", "),
+                    rounds(rules, Apply::Every)
+                ),
+                shadow: true,
+            });
+        }
+    }
+}
+
 /// Shows the fixed state to the judge, applies the fixes it proposes that the single-record
-/// rules accept, remembers what is sent, and returns it.
+/// rules accept (a finding in shadow only counts the fix it would make), remembers what is
+/// sent, and returns it.
 fn judge_transitions(
     rules: &RuleSet,
     task_id: &str,
     state: &mut State<'_>,
     fix: bool,
     judge: &mut dyn TransitionJudge,
-    issues: &mut Vec<Issue>,
-    fixes: &mut Vec<Fix>,
+    found: &mut Found,
 ) -> super::verdict::RecordState {
     let mut sent = record_state(state);
     let findings = judge.judge(task_id, &sent);
@@ -218,11 +308,13 @@ fn judge_transitions(
                 level,
                 message,
                 fix: proposal,
+                shadow,
             } = finding;
-            issues.push(Issue {
+            found.issues.push(Issue {
                 rule: Arc::clone(&rule),
                 level,
                 message,
+                shadow,
             });
             let (true, Some((field, value))) = (fix, proposal) else {
                 continue;
@@ -238,14 +330,19 @@ fn judge_transitions(
             tentative[slot] = Some(new.clone());
             let base = rules.firing(state);
             if rules.firing(&tentative).iter().all(|i| base.contains(i)) {
-                fixes.push(Fix {
+                let made = Fix {
                     rule,
                     field,
                     before,
                     after: new.raw.to_string(),
-                });
-                *state = tentative;
-                accepted = true;
+                };
+                if shadow {
+                    found.shadow_fixes.push(made);
+                } else {
+                    found.fixes.push(made);
+                    *state = tentative;
+                    accepted = true;
+                }
             }
         }
         if accepted {

@@ -5,7 +5,7 @@
 //!
 //! It depends on nothing else in the crate: `config` builds on its vocabulary and schema.
 //!
-//! - `vocab`: [`Level`], [`Field`], [`Mode`], [`TransitionKind`]: the names rules, metrics and
+//! - `vocab`: [`Level`], [`Field`], [`Mode`], [`RuleMode`], [`TransitionKind`]: the names rules, metrics and
 //!   the report share.
 //! - `schema`: the engine's input as the file spells it (task model, field keys, declarative
 //!   rules) and [`ConfigError`].
@@ -34,7 +34,7 @@ pub use verdict::{
     Fix, Inspection, Issue, NoMemory, Outcome, RecordState, RecordVerdict, SkipReason,
     TransitionFinding, TransitionJudge,
 };
-pub use vocab::{Field, Level, Mode, TransitionKind};
+pub use vocab::{Field, Level, Mode, RuleMode, TransitionKind};
 
 #[cfg(test)]
 mod tests;

@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use super::schema::{Condition, ConfigError, ModelConfig, RuleConfig, When};
 use super::value::{slot_of, Slot, State, Val};
-use super::vocab::{Field, Level};
+use super::vocab::{Field, Level, RuleMode};
 
 /// The enabled rules in config order, with the enumerations `known` checks against.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     pub(crate) rules: Vec<Rule>,
+    /// How many of `rules` are in shadow.
+    shadow: usize,
     statuses: Vec<Box<str>>,
     /// Working stages plus the failed stage.
     stages: Vec<Box<str>>,
@@ -31,6 +33,8 @@ pub(crate) struct Rule {
     when: Vec<Vec<Check>>,
     /// Values written in fix mode; empty: report only.
     pub fix: Vec<(usize, Slot<'static>)>,
+    /// In shadow, `fix` is only counted, and the rule's issues leave the record's level alone.
+    pub mode: RuleMode,
     message: Vec<Part>,
 }
 
@@ -69,6 +73,10 @@ impl RuleSet {
             .map(|(i, r)| Rule::compile(i, r))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RuleSet {
+            shadow: compiled
+                .iter()
+                .filter(|r| r.mode == RuleMode::Shadow)
+                .count(),
             rules: compiled,
             statuses: model.statuses.iter().map(|s| s.as_str().into()).collect(),
             stages,
@@ -94,6 +102,11 @@ impl RuleSet {
         self.rules.len()
     }
 
+    /// How many enabled rules are in shadow.
+    pub(crate) fn shadow_len(&self) -> usize {
+        self.shadow
+    }
+
     /// Whether `value` is in the enumeration of the field in `slot` (status or stage).
     fn known(&self, slot: usize, value: &Val<'_>) -> bool {
         let list = if slot == 0 {
@@ -111,10 +124,11 @@ impl RuleSet {
         })
     }
 
-    /// Indexes of the rules that fire on `state`.
+    /// Indexes of the rules in fix mode that fire on `state`: the ones that may veto a
+    /// transition fix (a rule in shadow changes nothing, so it vetoes nothing either).
     pub(crate) fn firing(&self, state: &State<'_>) -> Vec<usize> {
         (0..self.rules.len())
-            .filter(|&i| self.fires(&self.rules[i], state))
+            .filter(|&i| self.rules[i].mode == RuleMode::Fix && self.fires(&self.rules[i], state))
             .collect()
     }
 
@@ -195,6 +209,7 @@ impl Rule {
             level,
             when,
             fix,
+            mode: config.mode.unwrap_or_default(),
             message,
         })
     }

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::vocab::{Field, Level};
+use super::vocab::{Field, Level, RuleMode};
 
 /// A configuration problem: which key, and what is wrong with it. Shown as one log line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +68,9 @@ pub struct RuleConfig {
     /// Message template; `{status}`, `{stage}`, `{progress}`, `{is_completed}` are replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `shadow`: evaluated and counted, its fix never applied (unset: `fix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RuleMode>,
 }
 
 /// All conditions of one table must hold.
@@ -178,6 +181,9 @@ impl RuleConfig {
         }
         if over.message.is_some() {
             self.message = over.message.clone();
+        }
+        if over.mode.is_some() {
+            self.mode = over.mode;
         }
     }
 }

@@ -10,6 +10,8 @@ use super::*;
 use crate::config::{self, Config};
 use crate::settings::Settings;
 
+mod shadow;
+
 fn route(records: &str, mode: Mode) -> RouteSpec {
     RouteSpec::compile(records, &Config::default().fields, mode, false).expect("route compiles")
 }
@@ -838,6 +840,7 @@ fn finding(rule: &str, level: Level, fix: Option<(Field, serde_json::Value)>) ->
         level,
         message: format!("{rule} happened"),
         fix,
+        shadow: false,
     }
 }
 

@@ -44,11 +44,14 @@ impl SkipReason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordVerdict {
     pub task_id: Option<String>,
-    /// Worst level among `issues`; `Consistent` when there are none.
+    /// Worst level among `issues` of rules not in shadow; `Consistent` when there are none.
     pub level: Level,
     pub issues: Vec<Issue>,
     /// Fixes applied (empty in observe mode).
     pub fixes: Vec<Fix>,
+    /// What the rules in shadow would have fixed had they been in fix mode; never applied
+    /// (empty in observe mode).
+    pub shadow_fixes: Vec<Fix>,
     /// The record's fields as sent to the client.
     pub sent: RecordState,
 }
@@ -58,6 +61,8 @@ pub struct Issue {
     pub rule: Arc<str>,
     pub level: Level,
     pub message: String,
+    /// Raised by a rule in shadow: counted, but it leaves the record's level alone.
+    pub shadow: bool,
 }
 
 /// One replaced value; `before` and `after` are raw JSON text.
@@ -86,6 +91,9 @@ pub struct TransitionFinding {
     pub message: String,
     /// A proposed value; applied only if no single-record rule fires on the result.
     pub fix: Option<(Field, serde_json::Value)>,
+    /// The rule is in shadow: the fix is judged and reported as a shadow fix, never applied,
+    /// and the finding leaves the record's level alone.
+    pub shadow: bool,
 }
 
 /// Memory across responses; the engine calls it once per record that has a task id.

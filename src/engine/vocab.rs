@@ -1,4 +1,4 @@
-//! The engine's vocabulary: severity levels, the logical task fields, the mode, transition kinds.
+//! The engine's vocabulary: severity levels, the logical task fields, the modes, transition kinds.
 //!
 //! These names are API: the configuration file, metric labels, alerts and the report spell them
 //! as `as_str()` does (snake_case).
@@ -44,6 +44,38 @@ impl Mode {
             Mode::Fix => "fix",
             Mode::Observe => "observe",
         }
+    }
+}
+
+/// Whether one rule's fix is applied, or only counted (`mode = "shadow"`, to try a rule out).
+///
+/// A shadow rule is evaluated like any other and its issues are counted, but it changes nothing
+/// a client or the SLO sees: its fix is never applied, and its issues leave the record's level
+/// alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    #[default]
+    Fix,
+    Shadow,
+}
+
+// === impl RuleMode ===
+
+impl RuleMode {
+    pub const ALL: [RuleMode; 2] = [RuleMode::Fix, RuleMode::Shadow];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleMode::Fix => "fix",
+            RuleMode::Shadow => "shadow",
+        }
+    }
+}
+
+impl fmt::Display for RuleMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -19,7 +19,9 @@ use super::decode::{Coding, DecodeError};
 use super::issue_log::RouteIssueLog;
 use super::metrics::{InspectionFamilies, InspectionMetrics, RouteCounters, RouteLabels, Skip};
 use super::BoxError;
-use crate::engine::{self, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleSet};
+use crate::engine::{
+    self, Fix, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleMode, RuleSet,
+};
 use crate::report::ReportBook;
 use crate::settings::Settings;
 use crate::tracker::{self, MemoryRoute, StoreMetrics, TaskMemory, TrackerCollector};
@@ -29,6 +31,10 @@ const BODY_DIGESTS: [&str; 4] = ["content-md5", "digest", "content-digest", "rep
 
 /// The response header naming the rules whose fixes were applied (off unless configured).
 pub const FIXED_HEADER: &str = "x-consistency-fixed";
+
+/// The response header naming the rules in shadow that would have fixed the response (off
+/// unless configured).
+pub const SHADOW_HEADER: &str = "x-consistency-shadow";
 
 /// What outlives one configuration: the metric families, the task memory, the report book and
 /// the budget of held bytes. A reload builds a new [`Inspector`] over the same state.
@@ -52,6 +58,7 @@ pub struct Inspector {
     max_body_bytes: usize,
     max_decoded_bytes: usize,
     fixed_header: bool,
+    shadow_header: bool,
 }
 
 #[derive(Debug)]
@@ -143,6 +150,7 @@ impl Inspector {
             max_body_bytes: config.inspect.max_body_bytes,
             max_decoded_bytes: config.inspect.max_decoded_bytes,
             fixed_header: config.inspect.fixed_header,
+            shadow_header: config.inspect.shadow_header,
         }
     }
 
@@ -267,6 +275,12 @@ impl Inspector {
             Outcome::Checked(records) => records,
         };
         self.account(target, counters, records);
+        if self.shadow_header {
+            // Whether or not the body changed: the rules in shadow changed nothing either way.
+            name_rules(&mut head.headers, SHADOW_HEADER, records, |r| {
+                &r.shadow_fixes
+            });
+        }
 
         let unchanged =
             inspection.body.len() == decoded.len() && inspection.body.as_ptr() == decoded.as_ptr();
@@ -329,11 +343,19 @@ impl Inspector {
             let task_id = record.task_id.as_deref().unwrap_or("-");
             for issue in &record.issues {
                 counters.issue(&issue.rule, issue.level);
-                let fix = record.fixes.iter().find(|fix| fix.rule == issue.rule);
+                let fixes = if issue.shadow {
+                    &record.shadow_fixes
+                } else {
+                    &record.fixes
+                };
+                let fix = fixes.iter().find(|fix| fix.rule == issue.rule);
                 target.log.issue(task_id, issue, fix);
             }
             for fix in &record.fixes {
-                counters.fix(&fix.rule);
+                counters.fix(&fix.rule, RuleMode::Fix);
+            }
+            for fix in &record.shadow_fixes {
+                counters.fix(&fix.rule, RuleMode::Shadow);
             }
             self.book.record(&target.name, record);
         }
@@ -453,15 +475,29 @@ fn rewrite_head(headers: &mut HeaderMap, length: usize, fixed: Option<&[RecordVe
         headers.remove(name);
     }
     if let Some(records) = fixed {
-        let mut rules: Vec<&str> = records
-            .iter()
-            .flat_map(|r| r.fixes.iter().map(|f| &*f.rule))
-            .collect();
-        rules.sort_unstable();
-        rules.dedup();
-        if let Ok(value) = HeaderValue::from_str(&rules.join(",")) {
-            headers.insert(FIXED_HEADER, value);
-        }
+        name_rules(headers, FIXED_HEADER, records, |r| &r.fixes);
+    }
+}
+
+/// Sets `header` to the names of the rules of the fixes `of` picks, sorted and once each;
+/// nothing when there are none.
+fn name_rules(
+    headers: &mut HeaderMap,
+    header: &'static str,
+    records: &[RecordVerdict],
+    of: impl Fn(&RecordVerdict) -> &[Fix],
+) {
+    let mut rules: Vec<&str> = records
+        .iter()
+        .flat_map(|r| of(r).iter().map(|f| &*f.rule))
+        .collect();
+    if rules.is_empty() {
+        return;
+    }
+    rules.sort_unstable();
+    rules.dedup();
+    if let Ok(value) = HeaderValue::from_str(&rules.join(",")) {
+        headers.insert(header, value);
     }
 }
 

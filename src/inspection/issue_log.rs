@@ -50,15 +50,18 @@ impl RouteIssueLog {
         }
     }
 
-    /// One issue of one record, with the fix its rule made, if any.
+    /// One issue of one record, with the fix its rule made (or, for a rule in shadow, would
+    /// have made), if any.
     pub fn issue(&self, task_id: &str, issue: &Issue, fix: Option<&Fix>) {
         let route = &*self.route;
+        let mode = if issue.shadow { "shadow" } else { "fix" };
         tracing::debug!(
             task_id,
             route,
             rule = %issue.rule,
             severity = %issue.level,
             detail = %issue.message,
+            mode,
             fix = fix.map(|f| format!("{}: {} -> {}", f.field, f.before, f.after)),
             "consistency issue"
         );
@@ -90,8 +93,27 @@ impl RouteIssueLog {
         if full {
             // `level` and `message` are the log record's own keys: `severity` and `detail` keep
             // the rule's from overwriting them in JSON logs.
-            match fix {
-                Some(fix) => tracing::warn!(
+            match (fix, issue.shadow) {
+                (Some(fix), true) => tracing::warn!(
+                    task_id,
+                    route,
+                    rule = %issue.rule,
+                    severity = %issue.level,
+                    detail = %issue.message,
+                    field = %fix.field,
+                    before = %fix.before,
+                    after = %fix.after,
+                    "consistency issue, would fix (shadow rule, not applied)"
+                ),
+                (None, true) => tracing::warn!(
+                    task_id,
+                    route,
+                    rule = %issue.rule,
+                    severity = %issue.level,
+                    detail = %issue.message,
+                    "consistency issue (shadow rule)"
+                ),
+                (Some(fix), false) => tracing::warn!(
                     task_id,
                     route,
                     rule = %issue.rule,
@@ -102,7 +124,7 @@ impl RouteIssueLog {
                     after = %fix.after,
                     "consistency issue fixed"
                 ),
-                None => tracing::warn!(
+                (None, false) => tracing::warn!(
                     task_id,
                     route,
                     rule = %issue.rule,

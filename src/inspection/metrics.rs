@@ -5,7 +5,7 @@ use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
 };
 
-use crate::engine::{Level, RuleLabel};
+use crate::engine::{Level, RuleLabel, RuleMode};
 
 /// Inspection takes microseconds; the default buckets start at 5 ms and would see nothing.
 const INSPECT_BUCKETS: [f64; 11] = [
@@ -63,7 +63,8 @@ pub struct RouteCounters {
     pub results: [IntCounter; Level::ALL.len()],
     /// (rule, level) → counter, for every rule at its configured level.
     issues: Vec<(Box<str>, Level, IntCounter)>,
-    fixes: Vec<(Box<str>, IntCounter)>,
+    /// (rule, mode) → counter, for every rule that fixes, in both modes.
+    fixes: Vec<(Box<str>, RuleMode, IntCounter)>,
     /// Indexed by `Skip as usize`.
     skipped: [IntCounter; Skip::ALL.len()],
     ratio: Gauge,
@@ -99,6 +100,15 @@ impl Skip {
     }
 }
 
+/// The `mode` label of `consistency_fixes_total`: what happened to the fix, `applied` or
+/// `shadow` (counted, not applied).
+fn fix_label(mode: RuleMode) -> &'static str {
+    match mode {
+        RuleMode::Fix => "applied",
+        RuleMode::Shadow => "shadow",
+    }
+}
+
 // === impl InspectionFamilies ===
 
 impl InspectionFamilies {
@@ -125,8 +135,8 @@ impl InspectionFamilies {
         )?;
         let fixes = counter(
             "consistency_fixes_total",
-            "Values fixed in flight, by rule.",
-            &["route", "rule"],
+            "Values fixed in flight by rule (mode=\"applied\"), or that a rule in shadow would have fixed (mode=\"shadow\").",
+            &["route", "rule", "mode"],
         )?;
         let skipped = counter(
             "consistency_skipped_total",
@@ -197,15 +207,17 @@ impl InspectionMetrics {
                             (rule.name.into(), rule.level, counter)
                         })
                         .collect(),
+                    // Both modes from the start, whatever a rule's mode: a panel of shadow fixes
+                    // reads 0 rather than nothing, and a rule switched from shadow to fix
+                    // continues series that already exist.
                     fixes: route
                         .rules
                         .iter()
                         .filter(|rule| rule.fixes)
-                        .map(|rule| {
-                            (
-                                rule.name.into(),
-                                fixes.with_label_values(&[name, rule.name]),
-                            )
+                        .flat_map(|rule| RuleMode::ALL.map(|mode| (rule.name, mode)))
+                        .map(|(rule, mode)| {
+                            let counter = fixes.with_label_values(&[name, rule, fix_label(mode)]);
+                            (rule.into(), mode, counter)
                         })
                         .collect(),
                     skipped: Skip::ALL.map(|s| skipped.with_label_values(&[name, s.as_str()])),
@@ -248,12 +260,17 @@ impl RouteCounters {
         }
     }
 
-    pub fn fix(&self, rule: &str) {
-        match self.fixes.iter().find(|(r, _)| **r == *rule) {
-            Some((_, counter)) => counter.inc(),
+    /// One value fixed by `rule` (in fix mode), or that it would have fixed (in shadow).
+    pub fn fix(&self, rule: &str, mode: RuleMode) {
+        match self
+            .fixes
+            .iter()
+            .find(|(r, m, _)| **r == *rule && *m == mode)
+        {
+            Some((_, _, counter)) => counter.inc(),
             None => self
                 .fix_family
-                .with_label_values(&[&self.route, rule])
+                .with_label_values(&[&self.route, rule, fix_label(mode)])
                 .inc(),
         }
     }

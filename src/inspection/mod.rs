@@ -14,7 +14,7 @@ mod layer;
 mod metrics;
 
 pub use body::InspectBody;
-pub use inspector::{InspectionState, Inspector, FIXED_HEADER};
+pub use inspector::{InspectionState, Inspector, FIXED_HEADER, SHADOW_HEADER};
 pub use layer::{InspectLayer, InspectService};
 pub use metrics::{InspectionFamilies, InspectionMetrics, Skip};
 

@@ -63,7 +63,9 @@ fn configured_label_combinations_exist_at_zero() {
         r#"consistency_results_total{level="critical",route="test_history"} 0"#,
         r#"consistency_issues_total{level="minor_issue",route="task_status",rule="completed_stage"} 0"#,
         r#"consistency_issues_total{level="major_issue",route="task_status",rule="stage_regression"} 0"#,
-        r#"consistency_fixes_total{route="task_status",rule="progress_regression"} 0"#,
+        r#"consistency_fixes_total{mode="applied",route="task_status",rule="progress_regression"} 0"#,
+        // Both modes, whatever the rule's: a panel of shadow fixes reads 0, not nothing.
+        r#"consistency_fixes_total{mode="shadow",route="task_status",rule="completed_stage"} 0"#,
         r#"consistency_skipped_total{reason="too_large",route="test_progress"} 0"#,
         r#"consistency_ratio{route="task_status"} 1"#,
         r#"consistency_tracker_evictions_total{reason="ttl"} 0"#,
@@ -76,7 +78,9 @@ fn configured_label_combinations_exist_at_zero() {
     }
     // test_history is not tracked: no transition series for it, and no fix series for report-only rules.
     assert!(!text.contains(r#"route="test_history",rule="stage_regression""#));
-    assert!(!text.contains(r#"consistency_fixes_total{route="task_status",rule="missing_field"}"#));
+    assert!(!text.lines().any(
+        |l| l.starts_with("consistency_fixes_total{") && l.contains(r#"rule="missing_field""#)
+    ));
 }
 
 #[test]

@@ -73,7 +73,7 @@ pub struct RouteStatus {
     pub levels: LevelCounts,
     /// Issues by rule, most frequent first.
     pub issues: Vec<RuleCount>,
-    /// Fixes by rule, most frequent first.
+    /// Fixes by rule, applied and in shadow, most frequent first.
     pub fixes: Vec<FixCount>,
     /// Responses passed through unchecked, by reason.
     pub skipped: BTreeMap<String, u64>,
@@ -91,6 +91,8 @@ pub struct FixCount {
     pub rule: String,
     /// Fixes sent to clients.
     pub applied: u64,
+    /// Fixes a rule in shadow would have made; never sent.
+    pub shadow: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,12 +196,29 @@ fn route_status(series: &Series, name: &str, mode: Mode, tracked: bool) -> Route
         .map(|([rule, level], count)| RuleCount { rule, level, count })
         .collect();
     issues.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.rule.cmp(&b.rule)));
-    let mut fixes: Vec<FixCount> = series
-        .by("consistency_fixes_total", &route, "rule")
-        .into_iter()
-        .map(|(rule, applied)| FixCount { rule, applied })
-        .collect();
-    fixes.sort_by(|a, b| b.applied.cmp(&a.applied).then_with(|| a.rule.cmp(&b.rule)));
+    let mut fixes: Vec<FixCount> = Vec::new();
+    for ([rule, mode], count) in series.group("consistency_fixes_total", &route, ["rule", "mode"]) {
+        let at = match fixes.iter().position(|f| f.rule == rule) {
+            Some(at) => at,
+            None => {
+                fixes.push(FixCount {
+                    rule,
+                    applied: 0,
+                    shadow: 0,
+                });
+                fixes.len() - 1
+            }
+        };
+        match mode.as_str() {
+            "shadow" => fixes[at].shadow += count,
+            _ => fixes[at].applied += count,
+        }
+    }
+    fixes.sort_by(|a, b| {
+        (b.applied + b.shadow)
+            .cmp(&(a.applied + a.shadow))
+            .then_with(|| a.rule.cmp(&b.rule))
+    });
     RouteStatus {
         name: name.to_string(),
         mode,

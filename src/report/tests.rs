@@ -16,9 +16,11 @@ fn verdict(task: &str, level: Level, rules: &[&str]) -> RecordVerdict {
                 rule: Arc::from(*r),
                 level,
                 message: format!("{r} broke"),
+                shadow: false,
             })
             .collect(),
         fixes: Vec::new(),
+        shadow_fixes: Vec::new(),
         sent: RecordState::default(),
     }
 }
@@ -65,6 +67,31 @@ fn counts_levels_and_keeps_newest_issues_first() {
         text.contains("[minor_issue] task_id=bad_4 completed_stage: completed_stage broke"),
         "{text}"
     );
+}
+
+#[test]
+fn a_shadow_issue_is_listed_as_such_and_old_reports_still_read() {
+    let book = ReportBook::new(10);
+    let mut record = verdict("t-1", Level::Consistent, &["completed_stage"]);
+    record.issues[0].shadow = true;
+    book.record("task_status", &record);
+    let report = book.snapshot();
+    assert_eq!(report.issues_found, 1, "counted like any other");
+    assert_eq!(report.levels.consistent, 1, "at the record's level");
+    assert!(report.recent_issues[0].shadow);
+    let text = report.to_text();
+    assert!(
+        text.contains("task_id=t-1 completed_stage (shadow): completed_stage broke"),
+        "{text}"
+    );
+    // A report from a sidecar without shadow rules reads as no shadow.
+    let mut json = serde_json::to_value(&report).unwrap();
+    json["recent_issues"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("shadow");
+    let back: Report = serde_json::from_value(json).unwrap();
+    assert!(!back.recent_issues[0].shadow);
 }
 
 #[test]
@@ -152,9 +179,15 @@ fn status_reads_every_section_from_the_registry() {
     issues
         .with_label_values(&["task_status", "completed_progress", "minor_issue"])
         .inc_by(2);
-    family("consistency_fixes_total", &["route", "rule"])
-        .with_label_values(&["task_status", "completed_stage"])
+    let fixes = family("consistency_fixes_total", &["route", "rule", "mode"]);
+    fixes
+        .with_label_values(&["task_status", "completed_stage", "applied"])
         .inc();
+    fixes.with_label_values(&["task_status", "completed_stage", "shadow"]);
+    fixes.with_label_values(&["task_status", "failed_stage", "applied"]);
+    fixes
+        .with_label_values(&["task_status", "failed_stage", "shadow"])
+        .inc_by(3);
     let skipped = family("consistency_skipped_total", &["route", "reason"]);
     skipped.with_label_values(&["task_status", "not_json"]);
     skipped
@@ -201,8 +234,13 @@ fn status_reads_every_section_from_the_registry() {
     assert_eq!(route.issues[0].count, 2);
     assert_eq!(route.issues[1].rule, "completed_stage");
     assert!(route.issues[2..].iter().all(|r| r.count == 0));
-    assert_eq!(route.fixes[0].rule, "completed_stage");
-    assert_eq!(route.fixes[0].applied, 1);
+    // Applied and shadow fixes of a rule side by side, most fixes first.
+    let fixes: Vec<(&str, u64, u64)> = route
+        .fixes
+        .iter()
+        .map(|f| (f.rule.as_str(), f.applied, f.shadow))
+        .collect();
+    assert_eq!(fixes, [("failed_stage", 0, 3), ("completed_stage", 1, 0)]);
     assert_eq!(route.skipped["not_json"], 0);
     assert_eq!(status.routes[2].skipped["not_json"], 5);
     assert!(!status.routes[2].tracked);

@@ -363,7 +363,11 @@ async fn an_inconsistent_task_status_is_fixed_through_the_stack() {
         metric(
             &sidecar,
             "consistency_fixes_total",
-            &[("route", "task_status"), ("rule", "completed_stage")]
+            &[
+                ("route", "task_status"),
+                ("rule", "completed_stage"),
+                ("mode", "applied"),
+            ]
         ),
         1.0
     );

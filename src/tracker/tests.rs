@@ -16,7 +16,8 @@ use prometheus::Registry;
 
 use crate::config::{Config, TrackerConfig, TrackerStore};
 use crate::engine::{
-    Field, Level, ModelConfig, RecordState, TransitionFinding, TransitionJudge, TransitionKind,
+    Field, Level, ModelConfig, RecordState, RuleMode, TransitionFinding, TransitionJudge,
+    TransitionKind,
 };
 use crate::settings::Settings;
 
@@ -336,6 +337,7 @@ async fn stage_regression_fires_without_fix_by_default(kind: Kind) {
                 "stage ranking_analysis → ai_fetching: earlier in the flow than the last one sent"
                     .into(),
             fix: None,
+            shadow: false,
         }]
     );
 }
@@ -420,6 +422,7 @@ async fn terminal_reopened_fires_when_a_completed_task_runs_again(kind: Kind) {
             level: Level::Critical,
             message: "status completed → running after the task was sent as completed".into(),
             fix: None,
+            shadow: false,
         }]
     );
 }
@@ -503,6 +506,7 @@ async fn terminal_changed_fires_both_ways(kind: Kind) {
             level: Level::Critical,
             message: "status completed → failed after the task was sent as completed".into(),
             fix: None,
+            shadow: false,
         }]
     );
     let findings = t
@@ -533,6 +537,7 @@ async fn progress_regression_fixes_to_the_last_progress_sent(kind: Kind) {
             level: Level::MinorIssue,
             message: "progress 60 → 40: lower than the last one sent".into(),
             fix: Some((Field::Progress, json!(60))),
+            shadow: false,
         }]
     );
     let findings = t
@@ -715,6 +720,36 @@ async fn rule_names_are_shared_not_allocated_per_finding(kind: Kind) {
     t.poll(0, "c", &state("running", "ai_fetching", 10.0)).await;
     let b = t.poll(0, "b", &state("running", "ai_fetching", 10.0)).await;
     assert!(std::sync::Arc::ptr_eq(&a[0].rule, &b[0].rule));
+}
+
+#[test]
+fn rules_in_shadow_propose_their_fix_marked_as_shadow() {
+    let (mut config, model) = (default_tracker(), default_model());
+    config.rules.progress_regression.mode = RuleMode::Shadow;
+    config.rules.terminal_reopened.mode = RuleMode::Shadow;
+    let t = TaskTracker::new(&config, &model);
+    poll(&t, 0, "t1", &state("running", "source_tracing", 80.0));
+    let findings = poll(&t, 0, "t1", &state("running", "source_tracing", 70.0));
+    assert_eq!(
+        findings,
+        vec![TransitionFinding {
+            rule: "progress_regression".into(),
+            level: Level::MinorIssue,
+            message: "progress 80 → 70: lower than the last one sent".into(),
+            fix: Some((Field::Progress, json!(80))),
+            shadow: true,
+        }]
+    );
+    // A rule with no fix in shadow: reported, marked.
+    poll(&t, 0, "t2", &state("completed", "completed", 100.0));
+    let findings = poll(&t, 0, "t2", &state("running", "completed", 100.0));
+    assert_eq!(rules(&findings), ["terminal_reopened"]);
+    assert!(findings[0].shadow && findings[0].fix.is_none());
+    // The others stay in fix mode.
+    poll(&t, 0, "t3", &state("running", "source_tracing", 80.0));
+    let findings = poll(&t, 0, "t3", &state("running", "init", 80.0));
+    assert_eq!(rules(&findings), ["stage_regression"]);
+    assert!(!findings[0].shadow);
 }
 
 async fn the_same_task_id_on_two_routes_is_two_tasks(kind: Kind) {

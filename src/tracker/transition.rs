@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::config::{TrackerConfig, TransitionRule};
 use crate::engine::{
-    Field, ModelConfig, RecordState, RuleLabel, TransitionFinding, TransitionKind,
+    Field, ModelConfig, RecordState, RuleLabel, RuleMode, TransitionFinding, TransitionKind,
 };
 
 /// Code of a stage or status that is absent or outside the model.
@@ -225,6 +225,7 @@ impl Transitions {
                 level: rule.level,
                 message,
                 fix: None,
+                shadow: rule.mode == RuleMode::Shadow,
             });
         }
     }
@@ -243,6 +244,7 @@ impl Transitions {
                 level: rule.level,
                 message,
                 fix: rule.fix.then_some(fix),
+                shadow: rule.mode == RuleMode::Shadow,
             });
         }
     }

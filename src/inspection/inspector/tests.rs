@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::inspection::InspectLayer;
 use crate::routes::RouteTable;
 
+mod shadow;
+
 const CONSISTENT: &str = r#"{"task_id": "t1", "status": "running", "stage": "ai_fetching", "progress": 25, "is_completed": false, "brand": "\u54c1\u724c"}"#;
 const STALE_STAGE: &str = r#"{"task_id": "t2", "status": "completed", "stage": "ai_fetching", "progress": 100, "is_completed": true}"#;
 const STALE_STAGE_FIXED: &str = r#"{"task_id": "t2", "status": "completed", "stage": "completed", "progress": 100, "is_completed": true}"#;
@@ -106,8 +108,9 @@ impl Harness {
         self.metric("consistency_issues_total", &labels)
     }
 
-    fn fixes(&self, rule: &str) -> f64 {
-        let labels = [("route", "task_status"), ("rule", rule)];
+    /// `consistency_fixes_total` of `rule` on `task_status` with mode `applied` or `shadow`.
+    fn fixes(&self, rule: &str, mode: &str) -> f64 {
+        let labels = [("route", "task_status"), ("rule", rule), ("mode", mode)];
         self.metric("consistency_fixes_total", &labels)
     }
 
@@ -190,7 +193,7 @@ async fn stale_stage_is_fixed_in_flight_and_headers_follow() {
     assert_eq!(head.headers["etag"], "W/\"v1\"");
     assert!(!head.headers.contains_key("digest"));
     assert!(!head.headers.contains_key(FIXED_HEADER), "off by default");
-    let fixes = h.fixes("completed_stage");
+    let fixes = h.fixes("completed_stage", "applied");
     assert_eq!(fixes, 1.0);
     let issues = h.issues("completed_stage");
     assert_eq!(issues, 1.0);
@@ -214,7 +217,7 @@ async fn observe_mode_counts_but_never_touches() {
     assert_eq!(body.unwrap(), STALE_STAGE.as_bytes());
     let issues = h.issues("completed_stage");
     assert_eq!(issues, 1.0);
-    assert_eq!(h.fixes("completed_stage"), 0.0);
+    assert_eq!(h.fixes("completed_stage", "applied"), 0.0);
 }
 
 #[tokio::test]
