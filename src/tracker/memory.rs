@@ -139,11 +139,6 @@ impl TaskTracker {
         }
     }
 
-    /// The most tasks remembered at once: `tracker.capacity`, at least 1 and at most 2^31.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Forgets every task not seen for the TTL; returns how many. Each write already sweeps a
     /// few from its own shard, so this is only needed to keep idle shards from holding memory
     /// and the gauge up: the metrics scrape or the report timer calls it.
