@@ -58,7 +58,8 @@ pub struct Inspector {
 struct InspectedRoute {
     name: String,
     spec: RouteSpec,
-    track: bool,
+    /// The id of its task memory, if it is tracked.
+    memory: Option<u16>,
     log: RouteIssueLog,
 }
 
@@ -110,13 +111,21 @@ impl Inspector {
             })
             .collect();
         let metrics = InspectionMetrics::resolve(&state.families, &labels);
+        // By name, so that a route keeps its memory when a reload moves it in the list.
+        let tracked: Vec<&str> = settings
+            .routes
+            .iter()
+            .filter(|route| route.spec().track())
+            .map(|route| route.name())
+            .collect();
+        let mut memory = tracker.assign_routes(&tracked).into_iter();
         let routes = settings
             .routes
             .iter()
             .map(|route| InspectedRoute {
                 name: route.name().to_string(),
                 spec: route.spec().clone(),
-                track: route.spec().track(),
+                memory: route.spec().track().then(|| memory.next()).flatten(),
                 log: RouteIssueLog::new(
                     route.name(),
                     config.inspect.log_window,
@@ -242,7 +251,7 @@ impl Inspector {
             }
         };
 
-        let Some(inspection) = self.run_engine(route, target, &decoded) else {
+        let Some(inspection) = self.run_engine(target, &decoded) else {
             counters.skip(Skip::Error);
             return replay(head, raw, trailers, reservation);
         };
@@ -281,20 +290,14 @@ impl Inspector {
     }
 
     /// Runs the engine; a panic inside it is caught, logged and reported as `None`.
-    fn run_engine(
-        &self,
-        route: usize,
-        target: &InspectedRoute,
-        body: &Bytes,
-    ) -> Option<Inspection> {
+    fn run_engine(&self, target: &InspectedRoute, body: &Bytes) -> Option<Inspection> {
         let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if target.track {
-                let mut memory = self.tracker.judge_for(route as u16);
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| match target.memory {
+            Some(id) => {
+                let mut memory = self.tracker.judge_for(id);
                 engine::inspect(&self.rules, &target.spec, body, &mut memory)
-            } else {
-                engine::inspect(&self.rules, &target.spec, body, &mut NoMemory)
             }
+            None => engine::inspect(&self.rules, &target.spec, body, &mut NoMemory),
         }));
         self.metrics
             .duration

@@ -4,7 +4,8 @@
 //!
 //! One [`TaskTracker`] per sidecar, shared by every connection (`Arc<TaskTracker>`). Per
 //! inspected response of a tracked route, the inspection layer hands the engine
-//! `tracker.judge_for(route_index)`, a [`RouteMemory`] implementing
+//! `tracker.judge_for(route_id)` (the id [`TaskTracker::assign_routes`] gave the route's name),
+//! a [`RouteMemory`] implementing
 //! [`TransitionJudge`](crate::engine::TransitionJudge). Bounded by `tracker.capacity`
 //! (least recently seen evicted) and `tracker.ttl` (README, "Task memory").
 

@@ -193,6 +193,26 @@ impl Shard {
         removed as u32
     }
 
+    /// Removes every entry of a route `gone` accepts; returns how many.
+    pub fn forget(
+        &mut self,
+        gone: impl Fn(u16) -> bool,
+        rehash: &impl Fn(u16, &str) -> u64,
+    ) -> u32 {
+        let mut removed = 0;
+        let mut i = self.head;
+        while i != NIL {
+            let next = self.slots[i as usize].next;
+            if gone(self.slots[i as usize].route) {
+                self.remove(i, rehash);
+                self.release(i);
+                removed += 1;
+            }
+            i = next;
+        }
+        removed
+    }
+
     /// Forgets everything; returns how many entries there were.
     pub fn clear(&mut self) -> usize {
         let len = self.len();

@@ -640,3 +640,33 @@ fn the_tracker_is_shared_across_threads() {
     shared::<TaskTracker>();
     shared::<std::sync::Arc<TaskTracker>>();
 }
+
+#[test]
+fn a_route_keeps_its_memory_by_name_across_reloads_and_a_removed_one_loses_it() {
+    let t = tracker();
+    let [a, b] = t.assign_routes(&["a", "b"])[..] else {
+        panic!("two ids")
+    };
+    let running = state("running", "ranking_analysis", 50.0);
+    assert!(poll(&t, a, "t1", &running).is_empty());
+    assert!(poll(&t, b, "t1", &running).is_empty());
+    assert_eq!(t.tracked(), 2);
+
+    // A route added first moves both down the list: each keeps its id and so its memory.
+    assert_eq!(t.assign_routes(&["new", "a", "b"])[1..], [a, b]);
+    let back = state("running", "ai_fetching", 25.0);
+    assert_eq!(
+        rules(&poll(&t, a, "t1", &back)),
+        ["stage_regression", "progress_regression"]
+    );
+    assert_eq!(t.tracked(), 2);
+
+    // "b" removed: its memory goes at once; its id is not handed out in the same reload.
+    let ids = t.assign_routes(&["new", "a", "c"]);
+    assert_eq!(t.tracked(), 1);
+    assert!(!ids.contains(&b), "{ids:?}");
+    assert_eq!(t.remembered(), [(a, "t1".to_string())]);
+    // Back later, "b" starts with no memory.
+    let ids = t.assign_routes(&["a", "b"]);
+    assert!(poll(&t, ids[1], "t1", &back).is_empty());
+}
