@@ -46,6 +46,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "ConsistencySidecarDown",
         "ConsistencyUpstreamErrors",
         "ConsistencyInspectionSkipped",
+        "ConsistencySidecarConfigReloadFailed",
     ] {
         assert!(
             alerts.iter().any(|a| a == expected),
@@ -98,6 +99,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "zero traffic",
         "fast burn",
         "sidecar down",
+        "reload failed",
     ] {
         let words: Vec<&str> = scenario.split(' ').collect();
         assert!(

@@ -119,6 +119,10 @@ impl Sidecar {
             .expect("rename the new config over the old one");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Sends SIGHUP through `kill`: the sidecar reloads its config file.
     pub fn hangup(&self, kill: &Path) {
         self.process.signal(kill, "HUP");
