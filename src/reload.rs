@@ -211,6 +211,8 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     keep!(model);
     keep!(tracker.capacity);
     keep!(tracker.ttl);
+    // The transition rules are compiled into the task memory, which outlives a configuration.
+    keep!(tracker.rules);
     kept
 }
 
@@ -236,8 +238,10 @@ mod tests {
         next.proxy.workers = 7;
         next.model.stages.push("extra".into());
         next.inspect.max_body_bytes = 1234;
+        next.tracker.rules.stage_regression.enabled = false;
         let kept = keep_restart_only(&running, &mut next);
-        assert_eq!(kept, ["listen", "proxy.workers", "model"]);
+        assert_eq!(kept, ["listen", "proxy.workers", "model", "tracker.rules"]);
+        assert!(next.tracker.rules.stage_regression.enabled);
         assert_eq!(next.listen, running.listen);
         assert_eq!(next.proxy.workers, running.proxy.workers);
         assert_eq!(next.model.stages, running.model.stages);

@@ -336,10 +336,12 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
     assert_eq!(probe_stage(&mut probe).await, "completed", "fix mode fixes");
 
     let metrics = sidecar.metrics().await;
-    let (_, _, successful, start_timestamp) = reloads(&metrics);
-    assert_eq!(reloads(&metrics).0, 0.0);
-    assert_eq!(reloads(&metrics).1, 0.0);
-    assert_eq!(successful, 1.0, "no reload yet: the start's load counts");
+    let (successes, failures, successful, start_timestamp) = reloads(&metrics);
+    assert_eq!(
+        (successes, failures, successful),
+        (0.0, 0.0, 1.0),
+        "no reload yet: the load at start counts as successful"
+    );
     let memory = (TASKS + 1) as f64;
     assert_eq!(tracked(&metrics), memory);
     let mut snapshots = vec![metrics.counters()];
@@ -458,11 +460,14 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
     snapshots.push(metrics.counters());
     load.progress(BETWEEN_RELOADS).await;
 
-    // 5. Restart-only keys changed: reloaded, named, kept; the sidecar stays where it listens.
+    // 5. Restart-only keys changed beside a reloadable one (mode): the reload applies the mode,
+    // names the others and keeps their running value; the sidecar stays where it listens.
     next_second(good_timestamp).await;
+    let regressions = issues(&metrics, "task_status", "stage_regression").expect("a series");
     sidecar.rewrite_config(&config(
-        "fix",
-        "[proxy]\nworkers = 3\n[tracker]\ncapacity = 5000\n",
+        "observe",
+        "[proxy]\nworkers = 3\n[tracker]\ncapacity = 5000\n\
+         [tracker.rules.stage_regression]\nenabled = false\n",
         &ROUTES_WITH_HEALTH,
         NEW_RULE,
     ));
@@ -471,11 +476,22 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
         (
             StatusCode::OK,
             "configuration reloaded; kept at their running value until a restart: \
-             proxy.workers, tracker.capacity\n"
+             proxy.workers, tracker.capacity, tracker.rules\n"
                 .to_string()
         )
     );
+    let mut fresh = connect(sidecar.addr).await.expect("a new connection");
+    assert_eq!(
+        probe_stage(&mut fresh).await,
+        "source_tracing",
+        "the mode changed"
+    );
     let metrics = sidecar.metrics().await;
+    assert_eq!(
+        issues(&metrics, "task_status", "stage_regression"),
+        Some(regressions + 1.0),
+        "stage_regression is still enabled: completed, then source_tracing"
+    );
     let (successes, failures, successful, timestamp) = reloads(&metrics);
     assert_eq!((successes, failures, successful), (4.0, 1.0, 1.0));
     assert!(
@@ -487,11 +503,9 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
     assert_eq!(report["last_error"], Value::Null, "{report}");
     assert_eq!(
         report["unchanged_keys"],
-        serde_json::json!(["proxy.workers", "tracker.capacity"])
+        serde_json::json!(["proxy.workers", "tracker.capacity", "tracker.rules"])
     );
     assert_eq!(report["reloads_succeeded"], 4, "{report}");
-    let mut fresh = connect(sidecar.addr).await.expect("a new connection");
-    assert_eq!(probe_stage(&mut fresh).await, "completed");
     load.progress(BETWEEN_RELOADS).await;
 
     let (answered, failures) = load.finish().await;
