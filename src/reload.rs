@@ -20,6 +20,9 @@ use crate::stack::Sidecar;
 /// How often `watch_config` looks at the file.
 pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
+/// How long a changed file must stay the same before `watch_config` reloads it.
+const SETTLE: Duration = Duration::from_millis(200);
+
 /// Where the configuration comes from: the file (if any) and how to turn it into a `Config`
 /// (the command line's overrides included).
 #[derive(Clone)]
@@ -168,10 +171,17 @@ impl Reloader {
             tick.tick().await;
             let now = tokio::fs::read(&path).await.ok();
             // A file being replaced may be briefly missing: wait for it to be back.
-            if now.is_some() && now != seen {
-                seen = now;
-                let _ = self.reload("file changed");
+            if now.is_none() || now == seen {
+                continue;
             }
+            // A tool that truncates and then writes may be caught mid-write: reload only once
+            // two reads a moment apart agree.
+            tokio::time::sleep(SETTLE).await;
+            if tokio::fs::read(&path).await.ok() != now {
+                continue;
+            }
+            seen = now;
+            let _ = self.reload("file changed");
         }
     }
 }
@@ -242,12 +252,14 @@ mod tests {
         next.proxy.workers = 7;
         next.model.stages.push("extra".into());
         next.inspect.max_body_bytes = 1234;
+        next.tracker.rules.stage_regression.enabled = false;
         let kept = keep_restart_only(&running, &mut next);
         assert_eq!(kept, ["listen", "proxy.workers", "model"]);
         assert_eq!(next.listen, running.listen);
         assert_eq!(next.proxy.workers, running.proxy.workers);
         assert_eq!(next.model.stages, running.model.stages);
-        // A reloadable key takes its new value.
+        // Reloadable keys take their new value: the transition rules are swapped in the memory.
         assert_eq!(next.inspect.max_body_bytes, 1234);
+        assert!(!next.tracker.rules.stage_regression.enabled);
     }
 }

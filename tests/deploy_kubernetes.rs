@@ -6,6 +6,8 @@ mod support;
 
 use std::net::SocketAddr;
 
+use clap::Parser;
+use consistency_sidecar::cli::{Cli, Command};
 use consistency_sidecar::config::{self, Config};
 use consistency_sidecar::settings::Settings;
 use support::deploy::{deploy, read, yaml, Node};
@@ -152,7 +154,18 @@ fn pod_service_configmap_and_podmonitor_line_up() {
 
     // The config file: ConfigMap -> volume -> mount -> --config.
     let args = sidecar["args"].strs();
-    assert_eq!(args, vec!["run", "--config", CONFIG_PATH]);
+    assert_eq!(args[..3], ["run", "--config", CONFIG_PATH]);
+    // A ConfigMap changes under a running pod: the sidecar watches its file and reloads. The
+    // arguments as the binary's own parser reads them.
+    let cli = Cli::try_parse_from(std::iter::once("consistency-sidecar").chain(args.clone()))
+        .unwrap_or_else(|e| panic!("sidecar args {args:?}: {e}"));
+    let Some(Command::Run(run_args)) = cli.command else {
+        panic!("sidecar args {args:?} are not `run`");
+    };
+    assert!(
+        run_args.watch_config,
+        "the sidecar must watch its ConfigMap (--watch-config): {args:?}"
+    );
     let mount = sidecar["volumeMounts"]
         .seq()
         .iter()

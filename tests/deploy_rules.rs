@@ -47,6 +47,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "ConsistencyUpstreamErrors",
         "ConsistencyInspectionSkipped",
         "ConsistencyTrackerStoreDown",
+        "ConsistencySidecarConfigReloadFailed",
     ] {
         assert!(
             alerts.iter().any(|a| a == expected),
@@ -100,6 +101,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "fast burn",
         "sidecar down",
         "tracker store down",
+        "reload failed",
     ] {
         let words: Vec<&str> = scenario.split(' ').collect();
         assert!(

@@ -1,12 +1,13 @@
-//! `deploy/systemd/consistency-sidecar.service` passes `systemd-analyze verify` without a warning
-//! and keeps its hardening (offline `systemd-analyze security` exposure at most 2.0).
+//! `deploy/systemd/consistency-sidecar.service` passes `systemd-analyze verify` without a warning,
+//! keeps its hardening (offline `systemd-analyze security` exposure at most 2.0), and its
+//! `ExecReload` reloads a running sidecar.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 
 use support::deploy::{deploy, read};
-use support::{run, tool};
+use support::{free_port, run, tool, wait_for, Sidecar};
 
 const BINARY: &str = "/usr/local/bin/consistency-sidecar";
 
@@ -54,6 +55,8 @@ fn unit_is_hardened() {
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "SystemCallFilter=@system-service",
         "RestartPreventExitStatus=64",
+        // `systemctl reload` is the sidecar's SIGHUP reload.
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(unit.lines().any(|l| l.trim() == line), "missing `{line}`");
     }
@@ -82,4 +85,39 @@ fn unit_is_hardened() {
         "exposure above 2.0: {overall}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `systemctl reload` runs the unit's `ExecReload` with `$MAINPID` set: run that command line
+/// against a real sidecar, and it must reload.
+#[tokio::test]
+async fn exec_reload_reloads_the_running_sidecar() {
+    let unit = read(&deploy("systemd/consistency-sidecar.service"));
+    let command = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExecReload="))
+        .expect("an ExecReload line");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let Some((program, args)) = words.split_first() else {
+        panic!("an empty ExecReload");
+    };
+    let Some(program) = tool(program) else {
+        return;
+    };
+    // Nothing needs to answer upstream for a reload.
+    let upstream = format!("http://{}", free_port());
+    let sidecar = Sidecar::start(&upstream, "").await;
+    let pid = sidecar.pid().to_string();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "$MAINPID" { pid.as_str() } else { a })
+        .collect();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = run(&program, &args, tmp.path());
+    assert!(out.status.success(), "ExecReload {command}: {out:?}");
+    wait_for("the reload ExecReload asked for", || async {
+        let metrics = sidecar.metrics().await;
+        let reloads = metrics.value("consistency_config_reloads_total", &[("result", "success")]);
+        (reloads == 1.0).then_some(())
+    })
+    .await;
 }

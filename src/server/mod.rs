@@ -46,6 +46,8 @@ pub async fn serve(
         )),
         None => None,
     };
+    // Before the `listening` line: a SIGHUP sent once we say we listen must reload, not kill.
+    let hangups = reloader.as_ref().map(|_| signals::Hangups::install());
     let proxy = &settings.config.proxy;
     let workers = match proxy.workers {
         0 => runtime::default_workers(),
@@ -77,9 +79,10 @@ pub async fn serve(
         stop_rx,
     ));
     let upkeep = tokio::spawn(upkeep::run(sidecar.clone()));
-    let reloads = reloader.map(|reloader| {
+    let reloads = reloader.zip(hangups).map(|(reloader, hangups)| {
         tokio::spawn(signals::reload_on_hangup(
             reloader,
+            hangups,
             settings.config.watch_config,
         ))
     });

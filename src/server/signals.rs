@@ -44,25 +44,47 @@ impl ShutdownSignals {
     }
 }
 
+/// SIGHUP, installed before the sidecar says it listens: from then on a SIGHUP reloads, and never
+/// kills the process (its default action).
+pub(super) struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+// === impl Hangups ===
+
+impl Hangups {
+    pub(super) fn install() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::hangup()) {
+                Ok(signal) => Hangups {
+                    signal: Some(signal),
+                },
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGHUP; reload with POST /-/reload");
+                    Hangups { signal: None }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+}
+
 /// Reloads on every SIGHUP and, with `watch`, whenever the file's content changes.
-pub(super) async fn reload_on_hangup(reloader: Arc<Reloader>, watch: bool) {
+pub(super) async fn reload_on_hangup(reloader: Arc<Reloader>, hangups: Hangups, watch: bool) {
     if watch {
         tokio::spawn(reloader.clone().watch());
     }
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload with POST /-/reload");
-                return;
-            }
-        };
-        while hangups.recv().await.is_some() {
+    if let Some(mut signal) = hangups.signal {
+        while signal.recv().await.is_some() {
             let _ = reloader.reload("SIGHUP");
         }
     }
     #[cfg(not(unix))]
+    let _ = hangups;
     std::future::pending::<()>().await;
 }

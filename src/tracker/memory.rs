@@ -55,6 +55,9 @@ pub struct TaskTracker {
     tracked: AtomicUsize,
     evicted_capacity: AtomicU64,
     evicted_ttl: AtomicU64,
+    /// The name of the route each memory id belongs to (`None`: free). A route keeps its id
+    /// across reloads wherever it moves in the list: see [`TaskTracker::assign_routes`].
+    routes: Mutex<Vec<Option<Box<str>>>>,
 }
 
 /// A shard's lock on its own cache lines, so that threads on neighbouring shards do not
@@ -111,10 +114,66 @@ impl TaskTracker {
             tracked: AtomicUsize::new(0),
             evicted_capacity: AtomicU64::new(0),
             evicted_ttl: AtomicU64::new(0),
+            routes: Mutex::new(Vec::new()),
         }
     }
 
-    /// The judge for one response of route `route` (the route's index in the configuration).
+    /// Gives each tracked route of a configuration, by name, the id its memory is kept under;
+    /// returns the ids in the order of `names`. A route keeps its id, and so its memory, across
+    /// reloads whatever its place in the list; the memory of a route no longer in `names` is
+    /// dropped and its id freed. Ids stay below twice the number of tracked routes.
+    pub fn assign_routes(&self, names: &[&str]) -> Vec<u16> {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut gone = Vec::new();
+        for (id, route) in routes.iter_mut().enumerate() {
+            if route.as_deref().is_some_and(|name| !names.contains(&name)) {
+                *route = None;
+                gone.push(id as u16);
+            }
+        }
+        let ids = names
+            .iter()
+            .map(|name| {
+                if let Some(id) = routes.iter().position(|r| r.as_deref() == Some(*name)) {
+                    return id as u16;
+                }
+                // Not an id freed just now: a request under the previous configuration may
+                // still write to it.
+                let free = (0..routes.len())
+                    .find(|&id| routes[id].is_none() && !gone.contains(&(id as u16)));
+                let id = free.unwrap_or_else(|| {
+                    routes.push(None);
+                    routes.len() - 1
+                });
+                routes[id] = Some((*name).into());
+                id as u16
+            })
+            .collect();
+        drop(routes);
+        if !gone.is_empty() {
+            self.forget_routes(&gone);
+        }
+        ids
+    }
+
+    /// Forgets every task remembered under one of the route ids `gone`.
+    fn forget_routes(&self, gone: &[u16]) {
+        let rehash = |route: u16, id: &str| self.hash(route, id);
+        for shard in self.shards.iter() {
+            let mut shard = self.lock(&shard.0);
+            let removed = gone
+                .iter()
+                .map(|&route| shard.forget_route(route, &rehash))
+                .sum();
+            self.count(Changes {
+                removed,
+                ..Changes::default()
+            });
+        }
+    }
+
+    /// The judge for one response of the route whose memory id is `route` (see
+    /// [`TaskTracker::assign_routes`]).
     ///
     /// Tasks are remembered per route: the same id on two routes is two tasks.
     pub fn judge_for(&self, route: u16) -> RouteMemory<'_> {
@@ -152,21 +211,6 @@ impl TaskTracker {
             self.count(Changes {
                 removed: n,
                 evicted_ttl: n,
-                ..Changes::default()
-            });
-            removed += n as usize;
-        }
-        removed
-    }
-
-    /// Forgets every task of `route`: a reload removed it. Returns how many.
-    pub fn forget_route(&self, route: u16) -> usize {
-        let rehash = |route: u16, id: &str| self.hash(route, id);
-        let mut removed = 0;
-        for shard in self.shards.iter() {
-            let n = self.lock(&shard.0).forget_route(route, &rehash);
-            self.count(Changes {
-                removed: n,
                 ..Changes::default()
             });
             removed += n as usize;

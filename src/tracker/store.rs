@@ -9,7 +9,7 @@
 //! transition fixes the engine applies; in the rare case where a single-record rule vetoes one,
 //! a second call puts what was really sent in its place.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::time::Instant;
@@ -26,9 +26,6 @@ use crate::settings::Settings;
 pub struct TaskMemory {
     local: TaskTracker,
     shared: Option<Arc<RedisStore>>,
-    /// Route names by their key in local memory: kept across reloads, so a route keeps its
-    /// memory while it is configured, whatever its position.
-    ids: Mutex<Vec<Arc<str>>>,
 }
 
 /// What the memory needs of one tracked route under one configuration: its key in local
@@ -115,11 +112,7 @@ impl TaskMemory {
                 }
             }
         };
-        TaskMemory {
-            local,
-            shared,
-            ids: Mutex::new(Vec::new()),
-        }
+        TaskMemory { local, shared }
     }
 
     /// The memory's view of `settings`' tracked routes, in configuration order (`None` for an
@@ -129,8 +122,14 @@ impl TaskMemory {
         let config = &settings.config;
         self.local.set_rules(&config.tracker, &config.model);
         let transitions = self.local.transitions();
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        let tracked: Vec<Option<MemoryRoute>> = settings
+        let tracked: Vec<&str> = settings
+            .routes
+            .iter()
+            .filter(|route| route.spec().track())
+            .map(|route| route.name())
+            .collect();
+        let mut ids = self.local.assign_routes(&tracked).into_iter();
+        settings
             .routes
             .iter()
             .map(|route| {
@@ -138,37 +137,17 @@ impl TaskMemory {
                 if !spec.track() {
                     return None;
                 }
-                let name: Arc<str> = Arc::from(route.name());
-                let id = match ids.iter().position(|known| *known == name) {
-                    Some(id) => id,
-                    None => {
-                        ids.push(name.clone());
-                        ids.len() - 1
-                    }
-                };
                 let fix = spec.mode() == Mode::Fix;
                 Some(MemoryRoute {
-                    id: u16::try_from(id).unwrap_or(u16::MAX),
-                    name,
+                    id: ids.next()?,
+                    name: Arc::from(route.name()),
                     holds: Holds {
                         stage: fix && transitions.fixes(TransitionKind::StageRegression),
                         progress: fix && transitions.fixes(TransitionKind::ProgressRegression),
                     },
                 })
             })
-            .collect();
-        for (id, name) in ids.iter().enumerate() {
-            let still = tracked.iter().flatten().any(|route| route.name == *name);
-            if !still {
-                let forgotten = self
-                    .local
-                    .forget_route(u16::try_from(id).unwrap_or(u16::MAX));
-                if forgotten > 0 {
-                    tracing::info!(route = %name, forgotten, "route removed: its task memory is dropped");
-                }
-            }
-        }
-        tracked
+            .collect()
     }
 
     /// The local memory: the whole memory with `store = "local"`, the fallback with Redis.

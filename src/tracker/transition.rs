@@ -175,7 +175,8 @@ impl Transitions {
     /// unless a single-record rule objects.
     pub fn fixes(&self, kind: TransitionKind) -> bool {
         let (rule, _) = self.rule(kind);
-        rule.enabled && rule.fix
+        // A rule in shadow proposes its fix, but the engine never applies it.
+        rule.enabled && rule.fix && rule.mode == RuleMode::Fix
     }
 
     /// Position in the flow. The success stage and the failed stage both end the flow, so

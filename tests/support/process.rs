@@ -150,11 +150,16 @@ impl Process {
 
     /// Sends SIGTERM through `kill` (found with [`tool`]): no unsafe code, no extra crate.
     pub fn terminate(&self, kill: &Path) {
+        self.signal(kill, "TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, ...) through `kill`.
+    pub fn signal(&self, kill: &Path, name: &str) {
         let status = Command::new(kill)
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.pid());
+        assert!(status.success(), "kill -{name} {}", self.pid());
     }
 
     /// Waits, at most [`PATIENCE`], for the child to exit by itself.

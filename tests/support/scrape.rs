@@ -1,5 +1,7 @@
 //! Reading a Prometheus text exposition (the sidecar's `/metrics`) with `prometheus-parse`.
 
+use std::collections::BTreeMap;
+
 use prometheus_parse::{Sample, Value};
 
 /// One parsed `/metrics` answer.
@@ -42,6 +44,22 @@ impl Scrape {
     /// The sum over every series of `name` whose labels include all of `labels`.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.series(name, labels).map(scalar).sum()
+    }
+
+    /// Every counter series, keyed `name{label="value",...}` with the labels sorted.
+    pub fn counters(&self) -> BTreeMap<String, f64> {
+        self.samples
+            .iter()
+            .filter_map(|sample| match sample.value {
+                Value::Counter(v) => {
+                    let labels: BTreeMap<&String, &String> = sample.labels.iter().collect();
+                    let labels: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                    Some((format!("{}{{{}}}", sample.metric, labels.join(",")), v))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Whether any series of `name` exists.

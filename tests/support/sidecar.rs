@@ -22,8 +22,8 @@ pub struct Sidecar {
     /// The admin port: `/metrics`, `/healthz`, `/readyz`, `/report`.
     pub admin: SocketAddr,
     process: Process,
-    // Kept until the process is gone: it reads the file once, at start.
-    _config: NamedTempFile,
+    // Kept until the process is gone: it reads the file at start and again on every reload.
+    config: NamedTempFile,
 }
 
 // === impl Sidecar ===
@@ -70,7 +70,7 @@ impl Sidecar {
             addr,
             admin,
             process,
-            _config: file,
+            config: file,
         }
     }
 
@@ -101,6 +101,31 @@ impl Sidecar {
     /// Waits until it logs a line that `find` accepts (see [`Process::wait_for_line`]).
     pub async fn wait_for_log<T>(&self, what: &str, find: impl FnMut(&str) -> Option<T>) -> T {
         self.process.wait_for_line(what, find).await
+    }
+
+    /// Replaces its config file with `config` at once: a new file renamed over the old one, as
+    /// an editor saving or a Kubernetes ConfigMap update does, so a reader never sees half a file.
+    /// The sidecar reads it on its next reload.
+    pub fn rewrite_config(&self, config: &str) {
+        let path = self.config.path();
+        let dir = path.parent().expect("the config file is in a directory");
+        let next = tempfile::Builder::new()
+            .prefix("sidecar-next-")
+            .suffix(".toml")
+            .tempfile_in(dir)
+            .expect("create the new config file");
+        std::fs::write(next.path(), config).expect("write the new config");
+        next.persist(path)
+            .expect("rename the new config over the old one");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends SIGHUP through `kill`: the sidecar reloads its config file.
+    pub fn hangup(&self, kill: &Path) {
+        self.process.signal(kill, "HUP");
     }
 
     /// Sends SIGTERM through `kill`; [`Sidecar::exit_status`] then waits for the exit.
