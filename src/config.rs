@@ -351,6 +351,17 @@ pub enum TrackerStore {
     Redis,
 }
 
+// === impl TrackerStore ===
+
+impl TrackerStore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackerStore::Local => "local",
+            TrackerStore::Redis => "redis",
+        }
+    }
+}
+
 /// Reads a configuration file and lays it over the defaults; `None`: the defaults.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path {

@@ -232,9 +232,15 @@ async fn redis_killed_mid_run_fails_no_request_and_tracking_resumes_after_restar
     assert!(replicas.store_errors("connection").await > 0.0);
     assert!(replicas.store_errors("down").await > 0.0);
     replicas.wait_store_up(0.0).await;
-    // Readiness is about the backend, not Redis: the replicas stay in the Service.
+    // Readiness is about the backend, not Redis: the replicas stay in the Service. The status
+    // page's data shows the store down and what it left to local memory.
     for sidecar in &replicas.sidecars {
         assert_eq!(get(&sidecar.admin_url("/readyz")).await.0, 200);
+        let (_, _, body) = get(&sidecar.admin_url("/report.json")).await;
+        let report: serde_json::Value = serde_json::from_slice(&body).expect("report.json");
+        assert_eq!(report["tracker"]["store"], "redis");
+        assert_eq!(report["tracker"]["store_up"], false);
+        assert!(report["tracker"]["store_errors"]["down"].as_u64() > Some(0));
     }
 
     // Back, empty: the sidecars reconnect on their own, and memory is shared again.

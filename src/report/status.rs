@@ -109,6 +109,12 @@ pub struct ProxyStatus {
 pub struct TrackerStatus {
     pub tracked_tasks: u64,
     pub evictions: BTreeMap<String, u64>,
+    /// `local` or `redis`.
+    pub store: String,
+    /// Whether the task store answers (always with `local`).
+    pub store_up: bool,
+    /// Responses the shared store left to local memory, by reason.
+    pub store_errors: BTreeMap<String, u64>,
 }
 
 /// The ratio over the last minutes: one sample per `every_seconds`, `span_seconds` at most.
@@ -172,6 +178,9 @@ impl Status {
             tracker: TrackerStatus {
                 tracked_tasks: count("consistency_tracked_tasks"),
                 evictions: series.by("consistency_tracker_evictions_total", &[], "reason"),
+                store: settings.config.tracker.store.as_str().to_string(),
+                store_up: count("consistency_tracker_store_up") == 1,
+                store_errors: series.by("consistency_tracker_store_errors_total", &[], "reason"),
             },
             history: book.history(),
             config: None,

@@ -255,6 +255,11 @@ fn status_reads_every_section_from_the_registry() {
     assert_eq!(status.proxy.upstream_errors_by_reason["timeout"], 0);
     assert_eq!((status.proxy.inflight, status.proxy.load_shed), (2, 1));
     assert_eq!(status.tracker.tracked_tasks, 7);
+    assert_eq!(status.tracker.store, "local");
+    assert!(
+        !status.tracker.store_up,
+        "no store_up series in this registry"
+    );
     assert_eq!(status.tracker.evictions["ttl"], 0);
 
     // The report's fields stay at the top level of the JSON, beside the sections.
