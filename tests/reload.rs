@@ -1,7 +1,8 @@
 //! Hot reload end to end: the real binary in front of the Python stand-in (injection on), its
 //! config file rewritten and reloaded by `POST /-/reload`, SIGHUP and `--watch-config` while
-//! keep-alive clients keep polling. No request fails, each change holds from the next request,
-//! counters and task memory survive, a bad file changes nothing, and the reload metrics say so.
+//! keep-alive clients keep polling: a rule rolled out (added in shadow, then switched to fix), a
+//! route added, a bad file. No request fails, each change holds from the next request, counters
+//! and task memory survive, a bad file changes nothing, and the reload metrics say so.
 
 mod support;
 
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use consistency_sidecar::reload::WATCH_EVERY;
 use http::{Request, StatusCode};
 use serde_json::Value;
@@ -27,25 +29,39 @@ const TASKS: usize = 8;
 /// Answers the loop must give between two reloads, so that every reload lands under load.
 const BETWEEN_RELOADS: u64 = 40;
 
-/// The rule a reload adds: report only, fires on the stand-in's `completed_stage` injection (and
-/// on every answer of `/test/status/__inconsistent`). In fix mode `completed_stage` fixes the
-/// stage before this rule is asked, so it is added while the sidecar observes.
-const NEW_RULE: &str = r#"
-[[rules]]
-name = "stage_behind_status"
-level = "major_issue"
-when = { status = { is = "completed" }, stage = { is_not = "completed" } }
-fix = {}
-message = "status=completed but stage={stage}"
-"#;
+/// The rule rolled out by the reloads, a new version of the default `completed_stage` (same
+/// check, same fix).
+const NEW_RULE: &str = "completed_stage_v2";
 
-/// The same rule with a field of `when` misspelt: the file is invalid.
+/// The rules while `NEW_RULE` is rolled out in `mode` (`shadow`, then `fix`): the default
+/// `completed_stage` is switched off (rules are overlaid by name), so that `NEW_RULE` alone
+/// judges the stand-in's `completed_stage` injection and every answer of
+/// `/test/status/__inconsistent`.
+fn rollout(mode: &str) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "completed_stage"
+enabled = false
+
+[[rules]]
+name = "{NEW_RULE}"
+level = "minor_issue"
+when = {{ status = {{ is = "completed" }}, stage = {{ is_not = "completed" }} }}
+fix = {{ stage = "completed" }}
+mode = "{mode}"
+message = "status=completed but stage={{stage}}"
+"#
+    )
+}
+
+/// The new rule with a field of `when` misspelt: the file is invalid.
 const MISSPELT_RULE: &str = r#"
 [[rules]]
-name = "stage_behind_status"
-level = "major_issue"
+name = "completed_stage_v2"
+level = "minor_issue"
 when = { statuz = { is = "completed" }, stage = { is_not = "completed" } }
-fix = {}
+fix = { stage = "completed" }
 message = "status=completed but stage={stage}"
 "#;
 
@@ -222,13 +238,36 @@ async fn get_json(connection: &mut Connection, path: &str) -> (StatusCode, Value
     (status, json)
 }
 
-/// `/test/status/__inconsistent`: always a completed record with the `completed_stage`
-/// injection (stage `source_tracing`), task id `__inconsistent`. Returns the stage the client got:
-/// `completed` when fixed, `source_tracing` when only observed.
-async fn probe_stage(connection: &mut Connection) -> String {
-    let (status, record) = get_json(connection, "/test/status/__inconsistent").await;
-    assert_eq!(status, StatusCode::OK, "{record}");
+/// The stand-in's probe: always the same completed record with the `completed_stage` injection
+/// (stage `source_tracing`), task id `__inconsistent`.
+const PROBE: &str = "/test/status/__inconsistent";
+
+/// `PROBE` through the sidecar: the body the client got.
+async fn probe(connection: &mut Connection) -> Bytes {
+    let request = Request::get(PROBE)
+        .header("host", "sidecar.test")
+        .body(empty())
+        .expect("request");
+    let response = request_via(connection, request)
+        .await
+        .unwrap_or_else(|e| panic!("{PROBE}: {e}"));
+    let (status, _, body) = collect(response)
+        .await
+        .unwrap_or_else(|e| panic!("{PROBE}: {e}"));
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    body
+}
+
+/// The stage in a probe's body: `completed` when fixed, `source_tracing` when not.
+fn stage(body: &[u8]) -> String {
+    let record: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{PROBE}: {e}: {}", String::from_utf8_lossy(body)));
     record["stage"].as_str().expect("a stage").to_string()
+}
+
+/// The stage the client got on `PROBE`.
+async fn probe_stage(connection: &mut Connection) -> String {
+    stage(&probe(connection).await)
 }
 
 /// `POST /-/reload` on the admin port: the status and the one-line body.
@@ -264,6 +303,15 @@ fn issues(metrics: &Scrape, route: &str, rule: &str) -> Option<f64> {
     metrics.get(
         "consistency_issues_total",
         &[("route", route), ("rule", rule)],
+    )
+}
+
+/// `consistency_fixes_total` of `rule` on `task_status` (the probe's route), `applied` or
+/// `shadow`.
+fn fixes(metrics: &Scrape, rule: &str, mode: &str) -> Option<f64> {
+    metrics.get(
+        "consistency_fixes_total",
+        &[("route", "task_status"), ("rule", rule), ("mode", mode)],
     )
 }
 
@@ -332,8 +380,12 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
     let v1 = config("fix", "", &ROUTES, "");
     let sidecar = Sidecar::start(&standin.url(), &v1).await;
     let ids = Arc::new(tasks(&sidecar, TASKS).await);
-    let mut probe = connect(sidecar.addr).await.expect("connect");
-    assert_eq!(probe_stage(&mut probe).await, "completed", "fix mode fixes");
+    let mut prober = connect(sidecar.addr).await.expect("connect");
+    let fixed_body = probe(&mut prober).await;
+    assert_eq!(stage(&fixed_body), "completed", "completed_stage fixes");
+    let (status, _, upstream_body) = get(&format!("{}{PROBE}", standin.url())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stage(&upstream_body), "source_tracing", "the injection");
 
     let metrics = sidecar.metrics().await;
     let (successes, failures, successful, start_timestamp) = reloads(&metrics);
@@ -349,65 +401,91 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
     let load = ClientLoop::start(sidecar.addr, ids.clone());
     load.progress(BETWEEN_RELOADS).await;
 
-    // 1. Global mode fix -> observe, by SIGHUP. The task memory kept what was sent before the
+    // 1. The new rule added in shadow (and the default it replaces switched off), by SIGHUP: it
+    // judges the next request and counts what it would fix, and the client gets the bytes the
+    // stand-in sent, as without any stage rule. The task memory kept what was sent before the
     // reload (stage completed, fixed), so the unfixed answer after it is a stage regression.
     let regressions = issues(&metrics, "task_status", "stage_regression").expect("a series");
-    sidecar.rewrite_config(&config("observe", "", &ROUTES, ""));
+    let replaced = issues(&metrics, "task_status", "completed_stage").expect("a series");
+    assert_eq!(fixes(&metrics, NEW_RULE, "shadow"), None, "not a rule yet");
+    sidecar.rewrite_config(&config("fix", "", &ROUTES, &rollout("shadow")));
     sidecar.hangup(&kill);
     wait_for("the SIGHUP reload", || async {
         (reloads(&sidecar.metrics().await).0 == 1.0).then_some(())
     })
     .await;
     assert_eq!(
-        probe_stage(&mut probe).await,
-        "source_tracing",
-        "observe mode passes the record through"
+        probe(&mut prober).await,
+        upstream_body,
+        "a rule in shadow changes nothing the client gets"
     );
     let metrics = sidecar.metrics().await;
+    assert_eq!(
+        (
+            fixes(&metrics, NEW_RULE, "shadow"),
+            fixes(&metrics, NEW_RULE, "applied")
+        ),
+        (Some(1.0), Some(0.0)),
+        "the first request after the reload: one would-be fix, none applied"
+    );
+    assert_eq!(issues(&metrics, "task_status", NEW_RULE), Some(1.0));
+    assert_eq!(
+        issues(&metrics, "task_status", "completed_stage"),
+        Some(replaced),
+        "the default rule is off"
+    );
     assert_eq!(
         issues(&metrics, "task_status", "stage_regression"),
         Some(regressions + 1.0),
         "a task polled before the reload is judged against what was sent before it"
     );
-    assert_eq!(
-        metrics.value("consistency_build_info", &[("mode", "observe")]),
-        1.0
-    );
     snapshots.push(metrics.counters());
     load.progress(BETWEEN_RELOADS).await;
 
-    // 2. A new rule, by POST /-/reload: counted from the next request on.
-    assert_eq!(issues(&metrics, "task_status", "stage_behind_status"), None);
-    sidecar.rewrite_config(&config("observe", "", &ROUTES, NEW_RULE));
+    // 2. The same rule switched to fix, by POST /-/reload: it fixes from the next request on,
+    // the bytes the default rule sent, and its applied series continues from 0.
+    sidecar.rewrite_config(&config("fix", "", &ROUTES, &rollout("fix")));
     assert_eq!(
         post_reload(&sidecar).await,
         (StatusCode::OK, "configuration reloaded\n".to_string())
     );
-    assert_eq!(probe_stage(&mut probe).await, "source_tracing");
+    assert_eq!(
+        probe(&mut prober).await,
+        fixed_body,
+        "fixed as completed_stage fixed it"
+    );
     let metrics = sidecar.metrics().await;
     assert_eq!(
-        issues(&metrics, "task_status", "stage_behind_status"),
-        Some(1.0),
-        "the new rule judged the first request after the reload"
+        (
+            fixes(&metrics, NEW_RULE, "shadow"),
+            fixes(&metrics, NEW_RULE, "applied")
+        ),
+        (Some(1.0), Some(1.0)),
+        "the first request after the reload: applied, no longer shadow"
     );
+    assert_eq!(issues(&metrics, "task_status", NEW_RULE), Some(2.0));
     assert_eq!(reloads(&metrics).0, 2.0);
     snapshots.push(metrics.counters());
     load.progress(BETWEEN_RELOADS).await;
 
-    // 3. A new route, listed first (every other route moves down one place), and back to fix.
+    // 3. A new route, listed first (every other route moves down one place).
     let health = [("route", "health"), ("method", "GET"), ("code", "2xx")];
     assert_eq!(
         metrics.get("consistency_proxy_requests_total", &health),
         None
     );
-    sidecar.rewrite_config(&config("fix", "", &ROUTES_WITH_HEALTH, NEW_RULE));
+    sidecar.rewrite_config(&config("fix", "", &ROUTES_WITH_HEALTH, &rollout("fix")));
     assert_eq!(
         post_reload(&sidecar).await,
         (StatusCode::OK, "configuration reloaded\n".to_string())
     );
-    let (status, body) = get_json(&mut probe, "/health").await;
+    let (status, body) = get_json(&mut prober, "/health").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(probe_stage(&mut probe).await, "completed", "fix mode again");
+    assert_eq!(
+        probe_stage(&mut prober).await,
+        "completed",
+        "the new rule still fixes"
+    );
     let metrics = sidecar.metrics().await;
     assert_eq!(
         metrics.value("consistency_proxy_requests_total", &health),
@@ -423,8 +501,8 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
     snapshots.push(metrics.counters());
     load.progress(BETWEEN_RELOADS).await;
 
-    // 4. An invalid file (in observe mode, without the route): refused with the key named,
-    // nothing changes.
+    // 4. An invalid file (in observe mode, without the route, the default rule back on):
+    // refused with the key named, nothing changes.
     sidecar.rewrite_config(&config("observe", "", &ROUTES, MISSPELT_RULE));
     let (status, line) = post_reload(&sidecar).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{line}");
@@ -433,19 +511,24 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
         "{line}"
     );
     assert_eq!(line.lines().count(), 1, "one line: {line}");
-    let fixed_before = issues(&metrics, "task_status", "completed_stage").expect("a series");
+    let applied = fixes(&metrics, NEW_RULE, "applied").expect("a series");
     assert_eq!(
-        probe_stage(&mut probe).await,
+        probe_stage(&mut prober).await,
         "completed",
         "still fix mode, not the file's observe"
     );
-    let (status, _) = get_json(&mut probe, "/health").await;
+    let (status, _) = get_json(&mut prober, "/health").await;
     assert_eq!(status, StatusCode::OK);
     let metrics = sidecar.metrics().await;
     assert_eq!(
+        fixes(&metrics, NEW_RULE, "applied"),
+        Some(applied + 1.0),
+        "the running rules still judge and fix"
+    );
+    assert_eq!(
         issues(&metrics, "task_status", "completed_stage"),
-        Some(fixed_before + 1.0),
-        "the running rules still judge"
+        Some(replaced),
+        "the default rule is still off"
     );
     assert_eq!(
         metrics.value("consistency_proxy_requests_total", &health),
@@ -470,7 +553,7 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
         "[proxy]\nworkers = 3\n[tracker]\ncapacity = 5000\n\
          [tracker.rules.stage_regression]\nenabled = false\n",
         &ROUTES_WITH_HEALTH,
-        NEW_RULE,
+        &rollout("fix"),
     ));
     assert_eq!(
         post_reload(&sidecar).await,
@@ -524,7 +607,7 @@ async fn reloads_under_load_change_what_they_say_and_keep_counters_and_task_memo
         "fix",
         "",
         &[HEALTH_ROUTE, TASK_STATUS_ROUTE, TEST_HISTORY_ROUTE],
-        NEW_RULE,
+        &rollout("fix"),
     ));
     assert_eq!(
         post_reload(&sidecar).await,
