@@ -103,10 +103,6 @@ impl Reloader {
         })
     }
 
-    pub fn path(&self) -> Option<&PathBuf> {
-        self.source.path.as_ref()
-    }
-
     /// Reads, validates and swaps in the configuration. `Err` is the one line that says why
     /// nothing changed.
     pub fn reload(&self, trigger: &str) -> Result<ConfigStatus, String> {

@@ -134,11 +134,6 @@ impl UpstreamPool {
         ClientConnection { pool: self.clone() }
     }
 
-    /// Open upstream connections, busy or idle.
-    pub fn open_connections(&self) -> usize {
-        self.shared.lock().open
-    }
-
     /// Closes idle connections past the idle timeout; the server calls it now and then so a
     /// quiet sidecar does not hold sockets the backend has long given up on.
     pub fn close_expired(&self) {
