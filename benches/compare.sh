@@ -93,31 +93,8 @@ else
     PROXY_CPU=0
 fi
 
-WORK="$(mktemp -d /tmp/sidecar-compare.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "${KEEP_WORK:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+source "$ROOT/benches/lib.sh"
+bench_workdir compare
 
 wait_http() { # url: up to 10 s for it to answer
     for _ in $(seq 1 100); do
@@ -128,22 +105,7 @@ wait_http() { # url: up to 10 s for it to answer
 }
 
 # --- the sidecar binary --------------------------------------------------------------------------
-if [ -n "${SIDECAR_BIN:-}" ]; then
-    BUILT="$SIDECAR_BIN"
-else
-    log "building the release binary"
-    BUILT="$(cd "$ROOT" && timeout 1800 cargo build --release --quiet --bin consistency-sidecar \
-        --message-format=json-render-diagnostics |
-        python3 -c 'import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        print(msg["executable"])')"
-fi
-[ -x "$BUILT" ] || die "no sidecar binary at '$BUILT'"
-# A private copy: a build elsewhere in the shared target directory cannot swap it mid-run.
-BIN="$WORK/consistency-sidecar"
-cp "$BUILT" "$BIN"
+bench_sidecar_binary
 if [ -n "${SIDECAR_BIN:-}" ]; then
     REVISION="$SIDECAR_BIN (built $(date -u -r "$BUILT" '+%Y-%m-%d %H:%M UTC'))"
 else

@@ -47,41 +47,10 @@ for tool in python3 curl; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
 
-WORK="$(mktemp -d /tmp/sidecar-soak.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "${KEEP_WORK:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+source "$ROOT/benches/lib.sh"
+bench_workdir soak
 
-if [ -n "${SIDECAR_BIN:-}" ]; then
-    BUILT="$SIDECAR_BIN"
-else
-    log "building the release binary"
-    BUILT="$(cd "$ROOT" && timeout 1800 cargo build --release --quiet --bin consistency-sidecar \
-        --message-format=json-render-diagnostics |
-        python3 -c 'import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        print(msg["executable"])')"
-fi
-[ -x "$BUILT" ] || die "no sidecar binary at '$BUILT'"
-BIN="$WORK/consistency-sidecar" # a private copy: a concurrent build cannot swap it mid-run
-cp "$BUILT" "$BIN"
+bench_sidecar_binary
 
 # The stand-in: its first stdout line is "LISTENING <port>".
 python3 "$ROOT/tests/standin/legacy_backend.py" --host 127.0.0.1 --port 0 \

@@ -93,46 +93,24 @@ impl RouteIssueLog {
         if full {
             // `level` and `message` are the log record's own keys: `severity` and `detail` keep
             // the rule's from overwriting them in JSON logs.
-            match (fix, issue.shadow) {
-                (Some(fix), true) => tracing::warn!(
-                    task_id,
-                    route,
-                    rule = %issue.rule,
-                    severity = %issue.level,
-                    detail = %issue.message,
-                    field = %fix.field,
-                    before = %fix.before,
-                    after = %fix.after,
-                    "consistency issue, would fix (shadow rule, not applied)"
-                ),
-                (None, true) => tracing::warn!(
-                    task_id,
-                    route,
-                    rule = %issue.rule,
-                    severity = %issue.level,
-                    detail = %issue.message,
-                    "consistency issue (shadow rule)"
-                ),
-                (Some(fix), false) => tracing::warn!(
-                    task_id,
-                    route,
-                    rule = %issue.rule,
-                    severity = %issue.level,
-                    detail = %issue.message,
-                    field = %fix.field,
-                    before = %fix.before,
-                    after = %fix.after,
-                    "consistency issue fixed"
-                ),
-                (None, false) => tracing::warn!(
-                    task_id,
-                    route,
-                    rule = %issue.rule,
-                    severity = %issue.level,
-                    detail = %issue.message,
-                    "consistency issue"
-                ),
-            }
+            let message = match (fix.is_some(), issue.shadow) {
+                (true, true) => "consistency issue, would fix (shadow rule, not applied)",
+                (false, true) => "consistency issue (shadow rule)",
+                (true, false) => "consistency issue fixed",
+                (false, false) => "consistency issue",
+            };
+            // Fields that are `None` (no fix) are left out of the event.
+            tracing::warn!(
+                task_id,
+                route,
+                rule = %issue.rule,
+                severity = %issue.level,
+                detail = %issue.message,
+                field = fix.map(|f| display(f.field)),
+                before = fix.map(|f| display(&f.before)),
+                after = fix.map(|f| display(&f.after)),
+                "{message}"
+            );
         }
     }
 
