@@ -1,5 +1,6 @@
 //! Failure paths that only a socket shows, through the sidecar binary: the real pool refused
-//! by an upstream that is down, a body cut off on the wire, slow and oversized client heads.
+//! by an upstream that is down, a body cut off on the wire, slow and oversized client heads,
+//! and idle keep-alive clients.
 //!
 //! Shedding, 504, 502 and mid-body failures with their metrics are tested on the stack itself,
 //! with `oneshot` and paused time (`src/stack/tests.rs`); graceful shutdown in
@@ -104,6 +105,106 @@ async fn byte_by_byte_headers_are_cut_off() {
         );
     }
     assert!(upstream.seen().is_empty());
+}
+
+/// Sends one `GET /json` on `stream` and reads its whole response (by its `Content-Length`).
+async fn exchange(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    stream
+        .write_all(b"GET /json HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        assert!(n > 0, "closed mid-response: {response:?}");
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if response.len() >= end + 4 + length {
+                return response;
+            }
+        }
+    }
+}
+
+/// Whether the sidecar closed `stream` within `within` (reading nothing else).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_between_requests_is_held_by_the_idle_timeout_not_the_header_one() {
+    let upstream = TestUpstream::standard().await;
+    let sidecar = Sidecar::start(
+        &upstream.url(),
+        "[proxy]\nclient_header_timeout = \"200ms\"\nclient_idle_timeout = \"1500ms\"\n",
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(sidecar.addr)
+        .await
+        .expect("connect");
+    assert!(exchange(&mut stream).await.starts_with(b"HTTP/1.1 200"));
+    // Idle three header timeouts, well inside the idle timeout: still open, still served.
+    assert!(!closed_within(&mut stream, Duration::from_millis(600)).await);
+    assert!(exchange(&mut stream).await.starts_with(b"HTTP/1.1 200"));
+    // Idle past the idle timeout: closed (checked at most one header timeout late).
+    let idle_since = std::time::Instant::now();
+    assert!(closed_within(&mut stream, PATIENCE).await, "never closed");
+    let idled = idle_since.elapsed();
+    assert!(
+        idled >= Duration::from_millis(1400) && idled < Duration::from_secs(5),
+        "closed after {idled:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_head_after_a_first_request_is_cut_off_from_its_first_byte() {
+    let upstream = TestUpstream::standard().await;
+    let sidecar = Sidecar::start(
+        &upstream.url(),
+        "[proxy]\nclient_header_timeout = \"300ms\"\nclient_idle_timeout = \"60s\"\n",
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(sidecar.addr)
+        .await
+        .expect("connect");
+    assert!(exchange(&mut stream).await.starts_with(b"HTTP/1.1 200"));
+    // A while idle (no deadline runs), then a head that never ends, a byte per 50 ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let mut cut_off = false;
+    for byte in b"GET /json HTTP/1.1\r\nHost: a\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if stream.write_all(&[*byte]).await.is_err()
+            || closed_within(&mut stream, Duration::from_millis(50)).await
+        {
+            cut_off = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(cut_off, "the slow head was never cut off");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "cut off after {took:?}"
+    );
+    assert_eq!(
+        upstream.seen().len(),
+        1,
+        "only the first request went upstream"
+    );
 }
 
 #[tokio::test]

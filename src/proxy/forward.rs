@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -24,14 +23,10 @@ use tower::Service;
 
 use super::body::{BoxError, ProxyBody};
 use super::error::{error_response, UpstreamError, UpstreamErrorReason};
-use super::headers;
+use super::headers::{self, ClientAddr};
 use super::metrics::ProxyMetrics;
 use super::upgrade;
 use crate::clock::LastSeen;
-
-/// The client's address, put into request extensions by the server for `X-Forwarded-For`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// The upstream's body as it streams, or a response the proxy made itself.
 pub type ForwardBody<B> = Either<UpstreamBody<B>, Full<Bytes>>;
@@ -113,7 +108,6 @@ where
             _ => None,
         };
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let client_addr = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
 
         let (mut parts, body) = req.into_parts();
         let Some(path) = origin_form(&parts.uri) else {
@@ -126,7 +120,7 @@ where
         headers::rewrite_request(
             &mut parts.headers,
             parts.version,
-            client_addr,
+            parts.extensions.get::<ClientAddr>(),
             parts.uri.authority(),
             upgrade,
         );

@@ -1,7 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop headers out, `X-Forwarded-*` and
 //! `Via` in, per RFC 9110 §7.6.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE, VIA};
 use http::uri::Authority;
@@ -11,9 +11,11 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+const HOP_BY_HOP_COUNT: usize = 6;
+
 /// RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. Headers named in
 /// `Connection` are removed as well.
-const HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -21,6 +23,30 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     TRANSFER_ENCODING,
     UPGRADE,
 ];
+
+/// The client's address, put into request extensions by the server for `X-Forwarded-For`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddr {
+    addr: SocketAddr,
+    /// The IP as `X-Forwarded-For` writes it, formatted once per connection rather than per
+    /// request.
+    forwarded_for: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr) -> ClientAddr {
+        let ip = addr.ip().to_canonical();
+        ClientAddr {
+            addr,
+            forwarded_for: HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value"),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
 
 /// The `Upgrade` header of a request that asks for one (`Connection` lists `upgrade`).
 pub(crate) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -44,10 +70,12 @@ pub(crate) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 pub(crate) fn rewrite_request(
     headers: &mut HeaderMap,
     version: Version,
-    client: Option<IpAddr>,
+    client: Option<&ClientAddr>,
     authority: Option<&Authority>,
     upgrade: Option<HeaderValue>,
 ) {
+    // Room for what is added below, in one allocation rather than a regrowth per header.
+    headers.reserve(5);
     let wants_trailers = headers
         .get_all(TE)
         .iter()
@@ -67,8 +95,8 @@ pub(crate) fn rewrite_request(
             headers.insert(HOST, host);
         }
     }
-    if let Some(ip) = client {
-        append_forwarded_for(headers, ip.to_canonical());
+    if let Some(client) = client {
+        append_forwarded_for(headers, client);
     }
     // Whoever is in front of us (a TLS terminator, a load balancer) knows the original scheme
     // and host better than we do, so an existing value is kept.
@@ -102,16 +130,34 @@ pub(crate) fn rewrite_response(headers: &mut HeaderMap, version: Version, switch
 
 /// Removes the hop-by-hop headers and every header the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names finds which are present: most messages carry none, or only
+    // `Connection: keep-alive`, and a lookup per absent name would cost more than the pass.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[at] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(tokens)
+        // Removed below in any case, or not a header name (`close`).
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| t.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+        })
         .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
 }
@@ -126,13 +172,18 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Folds every `X-Forwarded-For` line into one and appends the client.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, client: &ClientAddr) {
+    let mut lines = headers.get_all(X_FORWARDED_FOR).iter().peekable();
+    if lines.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
+        return;
+    }
     let mut value = Vec::with_capacity(64);
-    for line in headers.get_all(X_FORWARDED_FOR) {
+    for line in lines {
         value.extend_from_slice(line.as_bytes());
         value.extend_from_slice(b", ");
     }
-    value.extend_from_slice(ip.to_string().as_bytes());
+    value.extend_from_slice(client.forwarded_for.as_bytes());
     if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR, value);
     }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::connection::Connection;
+use super::deadlines::Limits;
 use crate::settings::Settings;
 use crate::stack::Sidecar;
 
@@ -27,7 +28,7 @@ pub(super) struct Worker {
     listeners: Arc<Mutex<Vec<std::net::TcpListener>>>,
     sidecar: Arc<Sidecar>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    idle: Duration,
+    limits: Limits,
     grace: Duration,
     stop: watch::Receiver<bool>,
 }
@@ -51,7 +52,10 @@ impl Worker {
             listeners: Arc::new(Mutex::new(listeners)),
             sidecar: sidecar.clone(),
             builder: Arc::new(connection_builder(&settings)),
-            idle: proxy.client_idle_timeout,
+            limits: Limits {
+                idle: proxy.client_idle_timeout,
+                head: proxy.client_header_timeout,
+            },
             grace: proxy.shutdown_grace,
             stop,
         })
@@ -117,11 +121,14 @@ impl Worker {
             sidecar: self.sidecar.clone(),
             counted: self.sidecar.pool.client_connection(),
             peer,
-            idle: self.idle,
+            limits: self.limits,
             stop: self.stop.clone(),
         }
     }
 }
+
+/// hyper's default limit on the number of request header fields.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// HTTP/1.1 and h2c, with the client-side limits from `[proxy]`.
 fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
@@ -129,12 +136,16 @@ fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        // hyper enforces the header-read timeout only when it has a timer.
-        .timer(TokioTimer::new())
-        .header_read_timeout(proxy.client_header_timeout)
+        // The connection keeps its own head deadline (`super::deadlines`); hyper's would arm a
+        // timer per request.
+        .header_read_timeout(None)
         .max_buf_size(proxy.max_header_bytes)
-        .max_headers(proxy.max_headers)
         .preserve_header_case(true);
+    // hyper's own limit is 100 headers, on the stack; any other limit costs a buffer of that
+    // many header slots filled in for every request.
+    if proxy.max_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(proxy.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

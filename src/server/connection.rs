@@ -1,26 +1,22 @@
 //! One client connection's life: served by hyper (HTTP/1.1 or h2c) until it closes, the
-//! worker asks it to finish, or it has been idle (no bytes either way) for `idle`.
+//! worker asks it to finish, it has been idle (no bytes either way) for `idle`, or a request
+//! head takes longer than `head` (see [`super::deadlines`]).
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::Instant;
 
-use http::Request;
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::Service;
 
-use crate::clock::LastSeen;
-use crate::proxy::{BoxError, ClientAddr, ClientConnection, ProxyBody, UpstreamPool};
+use super::deadlines::{ActivityIo, Answering, Deadlines, Limits, Open, Verdict};
+use crate::proxy::{BoxError, ClientAddr, ClientConnection, Guarded, ProxyBody, UpstreamPool};
 use crate::stack::{ProxyStack, Sidecar};
 
 /// Everything one client connection needs.
@@ -30,26 +26,30 @@ pub(super) struct Connection {
     /// Counts this client for the upstream pool while it is open.
     pub counted: ClientConnection,
     pub peer: SocketAddr,
-    pub idle: Duration,
+    pub limits: Limits,
     pub stop: watch::Receiver<bool>,
 }
 
 /// Hands each of hyper's requests to the stack of the current generation (so a reload takes
 /// effect on the next request, and a request in flight keeps the stack it started with). The
-/// body becomes a [`crate::proxy::ProxyBody`], and the client's address rides along for
-/// `X-Forwarded-For`.
+/// body becomes a [`crate::proxy::ProxyBody`], the client's address rides along for
+/// `X-Forwarded-For`, and the connection's deadlines learn when a request starts and ends.
 struct FromClient {
     sidecar: Arc<Sidecar>,
-    peer: SocketAddr,
+    client: ClientAddr,
+    deadlines: Arc<Deadlines>,
 }
 
-pin_project! {
-    /// A client socket that notes when it last moved a byte, for the idle timeout.
-    struct ActivityIo {
-        #[pin]
-        inner: TcpStream,
-        activity: Arc<LastSeen>,
-    }
+type Stack = ProxyStack<UpstreamPool>;
+type StackResponse = <Stack as Service<Request<ProxyBody>>>::Response;
+
+/// The body type inside a response type.
+trait HasBody {
+    type Body;
+}
+
+impl<B> HasBody for Response<B> {
+    type Body = B;
 }
 
 // === impl Connection ===
@@ -61,26 +61,29 @@ impl Connection {
             sidecar,
             counted,
             peer,
-            idle,
+            limits,
             mut stop,
         } = self;
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
-        let activity = Arc::new(LastSeen::now());
-        let io = TokioIo::new(ActivityIo {
-            inner: stream,
-            activity: activity.clone(),
-        });
-        let service = FromClient { sidecar, peer };
+        let deadlines = Deadlines::accepted();
+        let io = TokioIo::new(ActivityIo::new(stream, deadlines.clone()));
+        let service = FromClient {
+            sidecar,
+            client: ClientAddr::new(peer),
+            deadlines: deadlines.clone(),
+        };
         let connection = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
         let mut closing = *stop.borrow();
         if closing {
             connection.as_mut().graceful_shutdown();
         }
+        // One sleep per connection, renewed when it fires (at least once per header timeout),
+        // never per request.
+        let mut wake = Instant::now() + limits.head.min(limits.idle);
         loop {
-            let last = activity.last().unwrap_or_else(std::time::Instant::now);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
@@ -92,11 +95,22 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = tokio::time::sleep_until((last + idle).into()), if !closing => {
-                    if !activity.within(idle) {
-                        tracing::debug!(%peer, "closing idle client connection");
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    match deadlines.check(now, limits) {
+                        Verdict::WakeAt(at) => wake = at,
+                        Verdict::SlowHead => {
+                            tracing::debug!(%peer, "request head too slow; closing the connection");
+                            break;
+                        }
+                        Verdict::Idle => {
+                            if !closing {
+                                tracing::debug!(%peer, "closing idle client connection");
+                                connection.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
+                            wake = now + limits.head;
+                        }
                     }
                 }
             }
@@ -108,74 +122,17 @@ impl Connection {
 // === impl FromClient ===
 
 impl hyper::service::Service<Request<Incoming>> for FromClient {
-    type Response = <ProxyStack<UpstreamPool> as Service<Request<ProxyBody>>>::Response;
-    type Error = <ProxyStack<UpstreamPool> as Service<Request<ProxyBody>>>::Error;
-    type Future = <ProxyStack<UpstreamPool> as Service<Request<ProxyBody>>>::Future;
+    type Response = Response<Guarded<<StackResponse as HasBody>::Body, Open>>;
+    type Error = <Stack as Service<Request<ProxyBody>>>::Error;
+    type Future = Answering<<Stack as Service<Request<ProxyBody>>>::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let open = self.deadlines.request(req.version() == Version::HTTP_2);
         let mut req = req.map(|body| body.map_err(BoxError::from).boxed_unsync());
-        req.extensions_mut().insert(ClientAddr(self.peer));
+        req.extensions_mut().insert(self.client.clone());
         // Every layer of the stack is always ready (none holds back: shedding answers at once),
         // so a fresh clone is called without waiting on `poll_ready`.
         let mut app = self.sidecar.app();
-        app.call(req)
-    }
-}
-
-// === impl ActivityIo ===
-
-impl AsyncRead for ActivityIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.inner.poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.mark();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for ActivityIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        Answering::new(app.call(req), open)
     }
 }

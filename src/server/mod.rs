@@ -7,6 +7,7 @@
 mod accept;
 mod admin;
 mod connection;
+mod deadlines;
 mod signals;
 mod upkeep;
 

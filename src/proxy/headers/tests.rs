@@ -45,8 +45,8 @@ fn forwarded_headers_are_added() {
         ("x-forwarded-for", "10.0.0.1"),
         ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
     ]);
-    let ip: IpAddr = "192.0.2.7".parse().expect("ip");
-    rewrite_request(&mut map, Version::HTTP_11, Some(ip), None, None);
+    let client = ClientAddr::new("192.0.2.7:40000".parse().expect("addr"));
+    rewrite_request(&mut map, Version::HTTP_11, Some(&client), None, None);
     assert_eq!(
         all(&map, "x-forwarded-for"),
         ["10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"]
