@@ -17,7 +17,7 @@ pub use status::{
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -38,12 +38,25 @@ pub struct RecentIssue {
     pub shadow: bool,
 }
 
+/// A recent issue as the book holds it: shared names and a time, made into a [`RecentIssue`]
+/// only when the report is read (issues are noted per response; the report is read rarely).
+#[derive(Debug)]
+struct Noted {
+    at: SystemTime,
+    route: Arc<str>,
+    task_id: Option<String>,
+    rule: Arc<str>,
+    level: Level,
+    message: String,
+    shadow: bool,
+}
+
 /// Counters since start and the most recent issues.
 #[derive(Debug)]
 pub struct ReportBook {
     levels: [AtomicU64; 4],
     issues: AtomicU64,
-    recent: Mutex<VecDeque<RecentIssue>>,
+    recent: Mutex<VecDeque<Noted>>,
     keep: usize,
     /// The ratio over the last minutes, for the status page's chart.
     history: Mutex<RatioHistory>,
@@ -119,24 +132,24 @@ impl ReportBook {
     }
 
     /// Counts one checked record; its issues join the recent list.
-    pub fn record(&self, route: &str, verdict: &RecordVerdict) {
+    pub fn record(&self, route: &Arc<str>, verdict: &RecordVerdict) {
         self.levels[verdict.level as usize].fetch_add(1, Ordering::Relaxed);
         if verdict.issues.is_empty() || self.keep == 0 {
             return;
         }
         self.issues
             .fetch_add(verdict.issues.len() as u64, Ordering::Relaxed);
-        let at = now_rfc3339();
+        let at = SystemTime::now();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for issue in &verdict.issues {
             if recent.len() == self.keep {
                 recent.pop_front();
             }
-            recent.push_back(RecentIssue {
-                at: at.clone(),
-                route: route.to_string(),
+            recent.push_back(Noted {
+                at,
+                route: route.clone(),
                 task_id: verdict.task_id.clone(),
-                rule: issue.rule.to_string(),
+                rule: issue.rule.clone(),
                 level: issue.level,
                 message: issue.message.clone(),
                 shadow: issue.shadow,
@@ -155,7 +168,7 @@ impl ReportBook {
             critical_issues: levels.critical,
             consistency_ratio: ratio(levels.consistent, total),
             levels,
-            recent_issues: recent.iter().rev().cloned().collect(),
+            recent_issues: recent.iter().rev().map(Noted::to_recent_issue).collect(),
         }
     }
 }
@@ -170,7 +183,27 @@ pub fn ratio(consistent: u64, checked: u64) -> f64 {
 }
 
 fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    rfc3339(SystemTime::now())
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+// === impl Noted ===
+
+impl Noted {
+    fn to_recent_issue(&self) -> RecentIssue {
+        RecentIssue {
+            at: rfc3339(self.at),
+            route: self.route.to_string(),
+            task_id: self.task_id.clone(),
+            rule: self.rule.to_string(),
+            level: self.level,
+            message: self.message.clone(),
+            shadow: self.shadow,
+        }
+    }
 }
 
 // === impl Report ===

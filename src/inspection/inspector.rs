@@ -63,7 +63,7 @@ pub struct Inspector {
 
 #[derive(Debug)]
 struct InspectedRoute {
-    name: String,
+    name: Arc<str>,
     spec: RouteSpec,
     /// None: the route is not tracked.
     memory: Option<MemoryRoute>,
@@ -130,7 +130,7 @@ impl Inspector {
             .iter()
             .zip(tracked)
             .map(|(route, memory)| InspectedRoute {
-                name: route.name().to_string(),
+                name: Arc::from(route.name()),
                 spec: route.spec().clone(),
                 memory,
                 log: RouteIssueLog::new(

@@ -154,12 +154,14 @@ impl UpstreamPool {
         shared: Arc<Shared>,
         req: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        // The paths taken rarely under load (connecting, waiting, the retry) are boxed: this
+        // future is allocated per request, and a small one stays in the allocator's fast path.
         let (conn, reused) = match shared.checkout() {
             Checkout::Idle(conn) => (conn, true),
-            Checkout::Open(slot) => (shared.connect(slot).await?, false),
-            Checkout::Wait(granted) => match granted.await {
+            Checkout::Open(slot) => (Box::pin(shared.connect(slot)).await?, false),
+            Checkout::Wait(granted) => match Box::pin(granted).await {
                 Ok(Grant::Reuse(conn)) => (conn, true),
-                Ok(Grant::Open(slot)) => (shared.connect(slot).await?, false),
+                Ok(Grant::Open(slot)) => (Box::pin(shared.connect(slot)).await?, false),
                 Err(_) => return Err(UpstreamError::PoolClosed),
             },
         };
@@ -174,9 +176,12 @@ impl UpstreamPool {
                     (None, None) => return Err(error),
                 };
                 tracing::debug!(error = %error, "stale upstream connection; retrying once on a new one");
-                let slot = shared.checkout_for_retry();
-                let conn = shared.connect(slot).await?;
-                shared.send_on(conn, retry).await.map_err(|f| f.error)
+                Box::pin(async move {
+                    let slot = shared.checkout_for_retry();
+                    let conn = shared.connect(slot).await?;
+                    shared.send_on(conn, retry).await.map_err(|f| f.error)
+                })
+                .await
             }
             Err(failed) => Err(failed.error),
             Ok(response) => Ok(response),

@@ -38,13 +38,13 @@ fn counts_levels_and_keeps_newest_issues_first() {
     let book = ReportBook::new(3);
     for i in 0..995 {
         book.record(
-            "task_status",
+            &Arc::from("task_status"),
             &verdict(&format!("ok_{i}"), Level::Consistent, &[]),
         );
     }
     for i in 0..5 {
         book.record(
-            "task_status",
+            &Arc::from("task_status"),
             &verdict(&format!("bad_{i}"), Level::MinorIssue, &["completed_stage"]),
         );
     }
@@ -74,7 +74,7 @@ fn a_shadow_issue_is_listed_as_such_and_old_reports_still_read() {
     let book = ReportBook::new(10);
     let mut record = verdict("t-1", Level::Consistent, &["completed_stage"]);
     record.issues[0].shadow = true;
-    book.record("task_status", &record);
+    book.record(&Arc::from("task_status"), &record);
     let report = book.snapshot();
     assert_eq!(report.issues_found, 1, "counted like any other");
     assert_eq!(report.levels.consistent, 1, "at the record's level");
@@ -98,7 +98,7 @@ fn a_shadow_issue_is_listed_as_such_and_old_reports_still_read() {
 fn json_round_trips() {
     let book = ReportBook::new(10);
     book.record(
-        "task_status",
+        &Arc::from("task_status"),
         &verdict("t1", Level::Critical, &["missing_field"]),
     );
     let report = book.snapshot();
@@ -148,7 +148,7 @@ fn status_reads_every_section_from_the_registry() {
     let settings = Settings::compile(Config::default()).expect("defaults compile");
     let book = ReportBook::new(10);
     book.record(
-        "task_status",
+        &Arc::from("task_status"),
         &verdict("t-9", Level::MinorIssue, &["completed_stage"]),
     );
     // The families under the names the layers register, filled by hand.

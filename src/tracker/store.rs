@@ -203,7 +203,10 @@ impl TaskMemory {
         }
         drop(first);
         let records = candidates.records;
-        let Some(exchanged) = redis.exchange(name, *holds, &records, deadline).await else {
+        // Boxed: the exchange is a large future, and only shared memory waits on it; the local
+        // path's future stays small (it is part of every inspected response's).
+        let Some(exchanged) = Box::pin(redis.exchange(name, *holds, &records, deadline)).await
+        else {
             return run(&mut local());
         };
         let mut judge = Recalled {
