@@ -60,11 +60,12 @@ pub fn inspect(
     }
 }
 
-/// Replace `start..end` with `text`.
-struct Edit {
+/// Replace `start..end` with `text` (borrowed from the body or a rule, as a rule's fix value
+/// usually is).
+struct Edit<'a> {
     start: usize,
     end: usize,
-    text: String,
+    text: Cow<'a, str>,
 }
 
 /// What checking one record found: every issue, the fixes applied, the fixes shadow rules
@@ -88,13 +89,13 @@ enum Apply {
     Every,
 }
 
-fn check_record(
-    rules: &RuleSet,
-    text: &[u8],
+fn check_record<'a>(
+    rules: &'a RuleSet,
+    text: &'a [u8],
     rec: &RecordSpans,
     fix: bool,
     judge: &mut dyn TransitionJudge,
-    edits: &mut Vec<Edit>,
+    edits: &mut Vec<Edit<'a>>,
 ) -> RecordVerdict {
     let original = || -> State<'_> {
         std::array::from_fn(|i| rec.fields[i].last.map(|span| slot_at(text, &span)))
@@ -140,7 +141,7 @@ fn check_record(
                     edits.push(Edit {
                         start: s.start,
                         end: s.end,
-                        text: now.raw.to_string(),
+                        text: now.raw.clone(),
                     });
                 }
             }
@@ -184,7 +185,6 @@ fn fix_to_fixpoint<'a>(
     apply: Apply,
     found: &mut Found,
 ) -> Result<(), Vec<usize>> {
-    let mut reported: Vec<usize> = Vec::new();
     let mut active: Vec<usize> = Vec::new();
     for _ in 0..rounds(rules, apply) {
         let mut changed = false;
@@ -194,8 +194,12 @@ fn fix_to_fixpoint<'a>(
                 continue;
             }
             let shadow = rule.mode == RuleMode::Shadow;
-            if !reported.contains(&i) {
-                reported.push(i);
+            // Each rule is reported once per run: `found` holds this run's issues only.
+            let reported = found
+                .issues
+                .iter()
+                .any(|issue| Arc::ptr_eq(&issue.rule, &rule.name));
+            if !reported {
                 found.issues.push(Issue {
                     rule: rule.name.clone(),
                     level: rule.level,
@@ -371,7 +375,7 @@ fn slot_at<'a>(text: &'a [u8], span: &ValueSpan) -> Slot<'a> {
 }
 
 /// Copies `body` with the edits applied; edits never overlap (distinct keys, disjoint records).
-fn patch(body: &Bytes, mut edits: Vec<Edit>) -> Bytes {
+fn patch(body: &Bytes, mut edits: Vec<Edit<'_>>) -> Bytes {
     edits.sort_unstable_by_key(|e| e.start);
     let grow: usize = edits.iter().map(|e| e.text.len()).sum();
     let mut out = Vec::with_capacity(body.len() + grow);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -27,7 +27,12 @@ use crate::settings::Settings;
 use crate::tracker::{self, MemoryRoute, StoreMetrics, TaskMemory, TrackerCollector};
 
 /// Headers that vouch for the exact bytes of a body; a patched body must not carry them.
-const BODY_DIGESTS: [&str; 4] = ["content-md5", "digest", "content-digest", "repr-digest"];
+static BODY_DIGESTS: [HeaderName; 4] = [
+    HeaderName::from_static("content-md5"),
+    HeaderName::from_static("digest"),
+    HeaderName::from_static("content-digest"),
+    HeaderName::from_static("repr-digest"),
+];
 
 /// The response header naming the rules whose fixes were applied (off unless configured).
 pub const FIXED_HEADER: &str = "x-consistency-fixed";
@@ -471,7 +476,13 @@ fn rewrite_head(headers: &mut HeaderMap, length: usize, fixed: Option<&[RecordVe
             }
         }
     }
-    for name in BODY_DIGESTS {
+    // Rarely sent: one pass over the names rather than a lookup per digest.
+    let digests: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| BODY_DIGESTS.contains(name))
+        .cloned()
+        .collect();
+    for name in digests {
         headers.remove(name);
     }
     if let Some(records) = fixed {

@@ -181,9 +181,16 @@ async fn stale_stage_is_fixed_in_flight_and_headers_follow() {
     upstream
         .headers_mut()
         .insert("etag", HeaderValue::from_static("\"v1\""));
-    upstream
-        .headers_mut()
-        .insert("digest", HeaderValue::from_static("sha-256=abc"));
+    for (name, value) in [
+        ("digest", "sha-256=abc"),
+        ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
+        ("repr-digest", "sha-256=:abc:"),
+        ("x-kept", "1"),
+    ] {
+        upstream
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
     let (head, body) = h.get("/test/status/t2", upstream).await;
     assert_eq!(body.unwrap(), STALE_STAGE_FIXED.as_bytes());
     assert_eq!(
@@ -191,7 +198,10 @@ async fn stale_stage_is_fixed_in_flight_and_headers_follow() {
         STALE_STAGE_FIXED.len().to_string().as_str()
     );
     assert_eq!(head.headers["etag"], "W/\"v1\"");
-    assert!(!head.headers.contains_key("digest"));
+    for digest in ["digest", "content-md5", "repr-digest"] {
+        assert!(!head.headers.contains_key(digest), "{digest} kept");
+    }
+    assert_eq!(head.headers["x-kept"], "1");
     assert!(!head.headers.contains_key(FIXED_HEADER), "off by default");
     let fixes = h.fixes("completed_stage", "applied");
     assert_eq!(fixes, 1.0);
