@@ -14,7 +14,8 @@ use crate::engine::{FieldsConfig, Mode, RouteSpec};
 /// Label of every request that matches no configured route.
 pub const OTHER: &str = "other";
 
-/// The route a request matched, put into the request's extensions by the metrics layer.
+/// The route a request matched; route classification puts it into the extensions of a request
+/// that matched a configured route (an unrouted request carries none: it counts as [`OTHER`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchedRoute {
     /// Index into the [`RouteTable`] (the order of `config.routes`); `None` for [`OTHER`].

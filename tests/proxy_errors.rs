@@ -145,18 +145,30 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
     )
 }
 
-#[tokio::test]
-async fn a_keep_alive_client_between_requests_is_held_by_the_idle_timeout_not_the_header_one() {
+/// A sidecar with these client timeouts, and a keep-alive connection to it that has had one
+/// answer.
+async fn answered_once(
+    header_timeout: &str,
+    idle_timeout: &str,
+) -> (TestUpstream, Sidecar, tokio::net::TcpStream) {
     let upstream = TestUpstream::standard().await;
     let sidecar = Sidecar::start(
         &upstream.url(),
-        "[proxy]\nclient_header_timeout = \"200ms\"\nclient_idle_timeout = \"1500ms\"\n",
+        &format!(
+            "[proxy]\nclient_header_timeout = \"{header_timeout}\"\nclient_idle_timeout = \"{idle_timeout}\"\n"
+        ),
     )
     .await;
     let mut stream = tokio::net::TcpStream::connect(sidecar.addr)
         .await
         .expect("connect");
     assert!(exchange(&mut stream).await.starts_with(b"HTTP/1.1 200"));
+    (upstream, sidecar, stream)
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_between_requests_is_held_by_the_idle_timeout_not_the_header_one() {
+    let (_upstream, _sidecar, mut stream) = answered_once("200ms", "1500ms").await;
     // Idle three header timeouts, well inside the idle timeout: still open, still served.
     assert!(!closed_within(&mut stream, Duration::from_millis(600)).await);
     assert!(exchange(&mut stream).await.starts_with(b"HTTP/1.1 200"));
@@ -172,16 +184,7 @@ async fn a_keep_alive_client_between_requests_is_held_by_the_idle_timeout_not_th
 
 #[tokio::test]
 async fn a_slow_head_after_a_first_request_is_cut_off_from_its_first_byte() {
-    let upstream = TestUpstream::standard().await;
-    let sidecar = Sidecar::start(
-        &upstream.url(),
-        "[proxy]\nclient_header_timeout = \"300ms\"\nclient_idle_timeout = \"60s\"\n",
-    )
-    .await;
-    let mut stream = tokio::net::TcpStream::connect(sidecar.addr)
-        .await
-        .expect("connect");
-    assert!(exchange(&mut stream).await.starts_with(b"HTTP/1.1 200"));
+    let (upstream, _sidecar, mut stream) = answered_once("300ms", "60s").await;
     // A while idle (no deadline runs), then a head that never ends, a byte per 50 ms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = std::time::Instant::now();

@@ -1,5 +1,5 @@
 //! Route classification: the one place a request's route is decided, once, into its extensions
-//! as a [`MatchedRoute`] that metrics and inspection read.
+//! as a [`MatchedRoute`] that metrics and inspection read (none for an unrouted request).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,7 +59,11 @@ where
             .settings
             .routes
             .classify(req.method(), req.uri().path());
-        req.extensions_mut().insert(route);
+        // An unrouted request carries none: its readers take that as `other`, and most traffic
+        // is unrouted, so it saves an extension per request.
+        if route.index.is_some() {
+            req.extensions_mut().insert(route);
+        }
         self.inner.call(req)
     }
 }
