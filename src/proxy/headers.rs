@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use http::header::Entry;
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE, VIA};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
@@ -12,6 +13,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 const HOP_BY_HOP_COUNT: usize = 6;
+/// Where `Connection` and `TE` are in [`HOP_BY_HOP`].
+const CONNECTION_AT: usize = 0;
+const TE_AT: usize = 3;
 
 /// RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. Headers named in
 /// `Connection` are removed as well.
@@ -76,12 +80,14 @@ pub(crate) fn rewrite_request(
 ) {
     // Room for what is added below, in one allocation rather than a regrowth per header.
     headers.reserve(5);
-    let wants_trailers = headers
-        .get_all(TE)
-        .iter()
-        .flat_map(tokens)
-        .any(|t| t.eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(headers);
+    let present = hop_by_hop_present(headers);
+    let wants_trailers = present[TE_AT]
+        && headers
+            .get_all(TE)
+            .iter()
+            .flat_map(tokens)
+            .any(|t| t.eq_ignore_ascii_case(b"trailers"));
+    strip_present(headers, present);
     if wants_trailers {
         // Without it an upstream may drop trailers; we pass them through.
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -100,12 +106,12 @@ pub(crate) fn rewrite_request(
     }
     // Whoever is in front of us (a TLS terminator, a load balancer) knows the original scheme
     // and host better than we do, so an existing value is kept.
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Entry::Vacant(entry) = headers.entry(X_FORWARDED_PROTO) {
+        entry.insert(HeaderValue::from_static("http"));
     }
-    if !headers.contains_key(X_FORWARDED_HOST) {
-        if let Some(host) = headers.get(HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = headers.get(HOST).cloned() {
+        if let Entry::Vacant(entry) = headers.entry(X_FORWARDED_HOST) {
+            entry.insert(host);
         }
     }
     headers.append(VIA, via(version));
@@ -130,32 +136,41 @@ pub(crate) fn rewrite_response(headers: &mut HeaderMap, version: Version, switch
 
 /// Removes the hop-by-hop headers and every header the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds which are present: most messages carry none, or only
-    // `Connection: keep-alive`, and a lookup per absent name would cost more than the pass.
+    let present = hop_by_hop_present(headers);
+    strip_present(headers, present);
+}
+
+/// Which of [`HOP_BY_HOP`] `headers` holds, found in one pass over its names: most messages
+/// carry none, or only `Connection: keep-alive`, and a lookup per absent name costs more.
+fn hop_by_hop_present(headers: &HeaderMap) -> [bool; HOP_BY_HOP_COUNT] {
     let mut present = [false; HOP_BY_HOP_COUNT];
     for name in headers.keys() {
         if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
             present[at] = true;
         }
     }
-    if !present.contains(&true) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(tokens)
-        // Removed below in any case, or not a header name (`close`).
-        .filter(|t| {
-            !t.eq_ignore_ascii_case(b"close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|hop| t.eq_ignore_ascii_case(hop.as_str().as_bytes()))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    present
+}
+
+/// Removes the hop-by-hop headers `present` marks, and the headers `Connection` names.
+fn strip_present(headers: &mut HeaderMap, present: [bool; HOP_BY_HOP_COUNT]) {
+    if present[CONNECTION_AT] {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(tokens)
+            // Removed below in any case, or not a header name (`close`).
+            .filter(|t| {
+                !t.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| t.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
@@ -173,19 +188,21 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 
 /// Folds every `X-Forwarded-For` line into one and appends the client.
 fn append_forwarded_for(headers: &mut HeaderMap, client: &ClientAddr) {
-    let mut lines = headers.get_all(X_FORWARDED_FOR).iter().peekable();
-    if lines.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
-        return;
-    }
-    let mut value = Vec::with_capacity(64);
-    for line in lines {
-        value.extend_from_slice(line.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(client.forwarded_for.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
-        headers.insert(X_FORWARDED_FOR, value);
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(client.forwarded_for.clone());
+        }
+        Entry::Occupied(mut entry) => {
+            let mut value = Vec::with_capacity(64);
+            for line in entry.iter() {
+                value.extend_from_slice(line.as_bytes());
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(client.forwarded_for.as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                entry.insert(value);
+            }
+        }
     }
 }
 

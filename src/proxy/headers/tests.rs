@@ -58,6 +58,16 @@ fn forwarded_headers_are_added() {
 }
 
 #[test]
+fn forwarded_for_is_the_client_alone_when_none_came() {
+    let mut map = headers(&[("host", "api.example")]);
+    // An IPv4 client on a dual-stack socket is written as IPv4.
+    let client = ClientAddr::new("[::ffff:192.0.2.7]:40000".parse().expect("addr"));
+    rewrite_request(&mut map, Version::HTTP_11, Some(&client), None, None);
+    assert_eq!(all(&map, "x-forwarded-for"), ["192.0.2.7"]);
+    assert_eq!(all(&map, "x-forwarded-host"), ["api.example"]);
+}
+
+#[test]
 fn existing_forwarded_proto_and_host_are_kept_and_via_appended() {
     let mut map = headers(&[
         ("host", "inner"),
