@@ -211,6 +211,25 @@ async fn a_slow_head_after_a_first_request_is_cut_off_from_its_first_byte() {
 }
 
 #[tokio::test]
+async fn a_request_body_that_stalls_is_dropped_after_the_idle_timeout() {
+    let (_upstream, _sidecar, mut stream) = answered_once("300ms", "500ms").await;
+    // 10 of the 1,000 bytes promised, then nothing: the upstream waits for the rest, and no
+    // byte moves. Idle, the connection is asked to finish; still idle, it is dropped, long
+    // before the upstream's 60 s response timeout would have ended the request.
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut stream, PATIENCE).await, "never closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn too_many_headers_or_too_large_a_head_are_refused() {
     let upstream = TestUpstream::standard().await;
     let sidecar = Sidecar::start(

@@ -1,6 +1,7 @@
 //! One client connection's life: served by hyper (HTTP/1.1 or h2c) until it closes, the
 //! worker asks it to finish, it has been idle (no bytes either way) for `idle`, or a request
-//! head takes longer than `head` (see [`super::deadlines`]).
+//! head takes longer than `head` (see [`super::deadlines`]). A connection asked to finish that
+//! stays idle for one more `head` (a stalled request body, a response nobody reads) is dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,12 +104,16 @@ impl Connection {
                             tracing::debug!(%peer, "request head too slow; closing the connection");
                             break;
                         }
+                        Verdict::Idle if closing => {
+                            // Asked to finish, and still no byte moved a header timeout later:
+                            // a request body that never comes or a response nobody reads.
+                            tracing::debug!(%peer, "still idle after being asked to finish; closing the connection");
+                            break;
+                        }
                         Verdict::Idle => {
-                            if !closing {
-                                tracing::debug!(%peer, "closing idle client connection");
-                                connection.as_mut().graceful_shutdown();
-                                closing = true;
-                            }
+                            tracing::debug!(%peer, "closing idle client connection");
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
                             wake = now + limits.head;
                         }
                     }
