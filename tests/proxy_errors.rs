@@ -166,6 +166,13 @@ async fn answered_once(
     (upstream, sidecar, stream)
 }
 
+/// How long until the sidecar closes `stream` (at most `PATIENCE`).
+async fn time_to_close(stream: &mut tokio::net::TcpStream) -> Duration {
+    let started = std::time::Instant::now();
+    assert!(closed_within(stream, PATIENCE).await, "never closed");
+    started.elapsed()
+}
+
 #[tokio::test]
 async fn a_keep_alive_client_between_requests_is_held_by_the_idle_timeout_not_the_header_one() {
     let (_upstream, _sidecar, mut stream) = answered_once("200ms", "1500ms").await;
@@ -173,9 +180,7 @@ async fn a_keep_alive_client_between_requests_is_held_by_the_idle_timeout_not_th
     assert!(!closed_within(&mut stream, Duration::from_millis(600)).await);
     assert!(exchange(&mut stream).await.starts_with(b"HTTP/1.1 200"));
     // Idle past the idle timeout: closed (checked at most one header timeout late).
-    let idle_since = std::time::Instant::now();
-    assert!(closed_within(&mut stream, PATIENCE).await, "never closed");
-    let idled = idle_since.elapsed();
+    let idled = time_to_close(&mut stream).await;
     assert!(
         idled >= Duration::from_millis(1400) && idled < Duration::from_secs(5),
         "closed after {idled:?}"
@@ -220,9 +225,7 @@ async fn a_request_body_that_stalls_is_dropped_after_the_idle_timeout() {
         .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789")
         .await
         .expect("write");
-    let started = std::time::Instant::now();
-    assert!(closed_within(&mut stream, PATIENCE).await, "never closed");
-    let took = started.elapsed();
+    let took = time_to_close(&mut stream).await;
     assert!(
         took >= Duration::from_millis(400) && took < Duration::from_secs(5),
         "closed after {took:?}"
