@@ -1,7 +1,8 @@
 //! One client connection's life: served by hyper (HTTP/1.1 or h2c) until it closes, the
 //! worker asks it to finish, it has been idle (no bytes either way) for `idle`, or a request
-//! head takes longer than `head` (see [`super::deadlines`]). A connection asked to finish that
-//! stays idle for one more `head` (a stalled request body, a response nobody reads) is dropped.
+//! head takes longer than `head` (see [`super::deadlines`]). A connection asked to finish for
+//! being idle that stays idle for another `idle` (a stalled request body, a response nobody
+//! reads) is dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +85,8 @@ impl Connection {
         // One sleep per connection, renewed when it fires (at least once per header timeout),
         // never per request.
         let mut wake = Instant::now() + limits.head.min(limits.idle);
+        // Whether the connection was asked to finish for being idle.
+        let mut asked_to_finish = false;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -104,17 +107,20 @@ impl Connection {
                             tracing::debug!(%peer, "request head too slow; closing the connection");
                             break;
                         }
-                        Verdict::Idle if closing => {
-                            // Asked to finish, and still no byte moved a header timeout later:
-                            // a request body that never comes or a response nobody reads.
+                        // Asked to finish for being idle, and idle for as long again: a
+                        // request body that never comes, or a response nobody reads.
+                        Verdict::Idle if asked_to_finish => {
                             tracing::debug!(%peer, "still idle after being asked to finish; closing the connection");
                             break;
                         }
                         Verdict::Idle => {
                             tracing::debug!(%peer, "closing idle client connection");
-                            connection.as_mut().graceful_shutdown();
-                            closing = true;
-                            wake = now + limits.head;
+                            if !closing {
+                                connection.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
+                            asked_to_finish = true;
+                            wake = now + limits.idle;
                         }
                     }
                 }
