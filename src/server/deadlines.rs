@@ -1,7 +1,7 @@
 //! A client connection's two deadlines, kept by the connection rather than by a timer armed per
 //! request:
 //! - idle: no byte moved either way for `proxy.client_idle_timeout`; the connection is asked to
-//!   finish;
+//!   finish, and dropped if it stays idle for as long again;
 //! - request head: a head must be complete within `proxy.client_header_timeout` of its first
 //!   byte (for the first request, of the accept); the connection is dropped (the slowloris
 //!   guard).
