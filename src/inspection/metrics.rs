@@ -247,12 +247,8 @@ impl RouteCounters {
     }
 
     pub fn issue(&self, rule: &str, level: Level) {
-        match self
-            .issues
-            .iter()
-            .find(|(r, l, _)| **r == *rule && *l == level)
-        {
-            Some((_, _, counter)) => counter.inc(),
+        match counted(&self.issues, rule, level) {
+            Some(counter) => counter.inc(),
             None => self
                 .issue_family
                 .with_label_values(&[&self.route, rule, level.as_str()])
@@ -262,12 +258,8 @@ impl RouteCounters {
 
     /// One value fixed by `rule` (in fix mode), or that it would have fixed (in shadow).
     pub fn fix(&self, rule: &str, mode: RuleMode) {
-        match self
-            .fixes
-            .iter()
-            .find(|(r, m, _)| **r == *rule && *m == mode)
-        {
-            Some((_, _, counter)) => counter.inc(),
+        match counted(&self.fixes, rule, mode) {
+            Some(counter) => counter.inc(),
             None => self
                 .fix_family
                 .with_label_values(&[&self.route, rule, fix_label(mode)])
@@ -281,4 +273,17 @@ impl RouteCounters {
         let consistent = self.results[Level::Consistent as usize].get();
         self.ratio.set(crate::report::ratio(consistent, checked));
     }
+}
+
+/// The counter resolved for `rule` and `key`; `None` for a rule the configuration did not name
+/// (the family makes its counter then).
+fn counted<'a, K: PartialEq>(
+    resolved: &'a [(Box<str>, K, IntCounter)],
+    rule: &str,
+    key: K,
+) -> Option<&'a IntCounter> {
+    resolved
+        .iter()
+        .find(|(r, k, _)| **r == *rule && *k == key)
+        .map(|(_, _, counter)| counter)
 }
