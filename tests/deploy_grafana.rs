@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::deploy::{deploy, listening_on, read, yaml, Node, RuleFile};
-use support::{get, repo, run_ok, tool, try_get, try_send, Process, Sidecar, StandIn, PATIENCE};
+use support::{
+    get, repo, run_ok, tool, try_get, try_send, urlencode, Process, Sidecar, StandIn, PATIENCE,
+};
 
 fn dashboard() -> Value {
     serde_json::from_str(&read(&deploy("grafana/dashboard.json"))).expect("dashboard.json is JSON")
@@ -239,19 +241,6 @@ fn concrete(expr: &str, job: &str, instance: &str) -> String {
         .replace("$__range", "1h")
         .replace("$job", job)
         .replace("$instance", instance)
-}
-
-/// Percent-encodes a query-string value (everything but RFC 3986's unreserved characters).
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Why an instant query shows nothing useful: an error, no series, or only NaN; `None` when

@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde_json::Value;
 use support::deploy::{deploy, listening_on, read, yaml, Node};
 use support::{
-    get, post_json, repo, run_ok, tool, try_get, wait_for, Process, Sidecar, StandIn, PATIENCE,
+    get, post_json, repo, run_ok, tool, try_get, urlencode, wait_for, Process, Sidecar, StandIn,
+    PATIENCE,
 };
 
 const JOB: &str = "consistency-sidecar";
@@ -150,20 +151,9 @@ fn pods(admin: SocketAddr) -> Vec<FakePod<'static>> {
     ]
 }
 
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The result vector of an instant query (empty on any failure: the callers wait for it).
 async fn query(prom: SocketAddr, q: &str) -> Vec<Value> {
-    let url = format!("http://{prom}/api/v1/query?query={}", encode(q));
+    let url = format!("http://{prom}/api/v1/query?query={}", urlencode(q));
     let Ok((_, _, body)) = try_get(&url).await else {
         return Vec::new();
     };

@@ -179,3 +179,16 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
         .expect("server closes in time");
     out
 }
+
+/// Percent-encodes a query-string value (everything but RFC 3986's unreserved characters).
+pub fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
