@@ -168,6 +168,8 @@ pub struct InspectConfig {
     pub max_body_bytes: usize,
     /// A compressed body that inflates past this is skipped (decompression-bomb guard).
     pub max_decoded_bytes: usize,
+    /// On inspected routes, ask the upstream only for the codings the inspector reads.
+    pub narrow_accept_encoding: bool,
     /// All bodies held for inspection at once, together; past it responses stream through.
     pub max_held_bytes: usize,
     /// Add `x-consistency-fixed: rule,rule` to patched responses.

@@ -13,6 +13,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use prometheus::Registry;
 
+use super::accept::ClientCodings;
 use super::body::InspectBody;
 use super::budget::{Budget, Reservation};
 use super::decode::{Coding, DecodeError};
@@ -62,6 +63,7 @@ pub struct Inspector {
     budget: Budget,
     max_body_bytes: usize,
     max_decoded_bytes: usize,
+    narrow_accept_encoding: bool,
     fixed_header: bool,
     shadow_header: bool,
 }
@@ -154,6 +156,7 @@ impl Inspector {
             budget: state.budget.clone(),
             max_body_bytes: config.inspect.max_body_bytes,
             max_decoded_bytes: config.inspect.max_decoded_bytes,
+            narrow_accept_encoding: config.inspect.narrow_accept_encoding,
             fixed_header: config.inspect.fixed_header,
             shadow_header: config.inspect.shadow_header,
         }
@@ -162,6 +165,11 @@ impl Inspector {
     /// The report book fed by this inspector.
     pub fn book(&self) -> Arc<ReportBook> {
         self.book.clone()
+    }
+
+    /// Whether requests on inspected routes ask the upstream only for codings we read.
+    pub fn narrows_accept_encoding(&self) -> bool {
+        self.narrow_accept_encoding
     }
 
     /// Periodic upkeep, from one task only: forgets expired tasks, and logs the summaries of
@@ -173,12 +181,14 @@ impl Inspector {
         }
     }
 
-    /// Inspects the response of configured route `route` to a `method` request.
+    /// Inspects the response of configured route `route` to a `method` request from a client
+    /// that accepts `client`'s codings.
     pub async fn respond<B>(
         self: Arc<Self>,
         route: usize,
         method: &Method,
-        response: Response<B>,
+        client: ClientCodings,
+        mut response: Response<B>,
     ) -> Response<InspectBody<B>>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -212,6 +222,10 @@ impl Inspector {
         ) else {
             return skip(Skip::Encoding, response);
         };
+        if coding != Coding::Identity {
+            // Its coding was negotiated; a cache must not serve it to a client that cannot read it.
+            vary_on_accept_encoding(response.headers_mut());
+        }
 
         let (mut head, body) = response.into_parts();
         // Held bytes count against the global budget until the client has them.
@@ -257,7 +271,7 @@ impl Inspector {
             Err(err) => {
                 let reason = match err {
                     DecodeError::TooLarge => Skip::TooLarge,
-                    DecodeError::Corrupt => Skip::Encoding,
+                    DecodeError::Corrupt => Skip::Unparseable,
                 };
                 counters.skip(reason);
                 return replay(head, raw, trailers, reservation);
@@ -292,7 +306,8 @@ impl Inspector {
         if unchanged {
             return replay(head, raw, trailers, reservation);
         }
-        let patched = match coding.encode(&inspection.body) {
+        let sent_as = client.reencode_as(coding);
+        let patched = match sent_as.encode(&inspection.body) {
             Ok(patched) => patched,
             Err(err) => {
                 tracing::warn!(route = %target.name, error = %err, "re-encoding a patched body failed; sending the original");
@@ -300,6 +315,9 @@ impl Inspector {
                 return replay(head, raw, trailers, reservation);
             }
         };
+        if sent_as.token() != coding.token() {
+            set_coding(&mut head.headers, sent_as);
+        }
         rewrite_head(
             &mut head.headers,
             patched.len(),
@@ -449,6 +467,35 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Names the coding a re-encoded body went out in, which the client's `Accept-Encoding` chose.
+fn set_coding(headers: &mut HeaderMap, coding: Coding) {
+    match coding {
+        Coding::Identity => {
+            headers.remove(header::CONTENT_ENCODING);
+        }
+        _ => {
+            headers.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(coding.token()),
+            );
+        }
+    }
+    vary_on_accept_encoding(headers);
+}
+
+/// Adds `Accept-Encoding` to `Vary` unless it, or `*`, is listed already.
+fn vary_on_accept_encoding(headers: &mut HeaderMap) {
+    let listed = headers.get_all(header::VARY).iter().any(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|name| {
+            let name = name.trim_ascii();
+            name == b"*" || name.eq_ignore_ascii_case(b"accept-encoding")
+        })
+    });
+    if !listed {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
 }
 
 /// Headers of a patched response: its new length, a weak ETag, no digests of the old bytes.

@@ -11,7 +11,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::{BoxError, InspectBody, Inspector};
+use super::{BoxError, ClientCodings, InspectBody, Inspector};
 use crate::routes::MatchedRoute;
 
 /// Carries the shared inspector; one per stack.
@@ -74,7 +74,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let route = req.extensions().get::<MatchedRoute>().and_then(|m| m.index);
         let Some(route) = route else {
             return ResponseFuture::Passthrough {
@@ -82,12 +82,14 @@ where
             };
         };
         let method = req.method().clone();
+        let client =
+            ClientCodings::negotiate(req.headers_mut(), self.inspector.narrows_accept_encoding());
         let inspector = self.inspector.clone();
         let answer = self.inner.call(req);
         ResponseFuture::Inspect {
             inspecting: Box::pin(async move {
                 let response = answer.await?;
-                Ok(inspector.respond(route, &method, response).await)
+                Ok(inspector.respond(route, &method, client, response).await)
             }),
         }
     }

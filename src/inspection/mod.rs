@@ -2,9 +2,11 @@
 //!
 //! The layer is glue. It decides whether a response is worth inspecting (configured route, 2xx,
 //! JSON, declared size), holds the body within the limit, decodes it, asks the engine, records
-//! metrics and the report, and rebuilds the response. Anything it cannot handle streams through
+//! metrics and the report, and rebuilds the response. On its routes it also narrows the
+//! request's `Accept-Encoding` to the codings it reads. Anything it cannot handle streams through
 //! as it came, and is counted.
 
+mod accept;
 mod body;
 mod budget;
 mod decode;
@@ -13,7 +15,9 @@ mod issue_log;
 mod layer;
 mod metrics;
 
+pub use accept::ClientCodings;
 pub use body::InspectBody;
+pub use decode::Coding;
 pub use inspector::{InspectionState, Inspector, FIXED_HEADER, SHADOW_HEADER};
 pub use layer::{InspectLayer, InspectService};
 pub use metrics::{InspectionFamilies, InspectionMetrics, Skip};
