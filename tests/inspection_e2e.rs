@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use support::{decode, get, post_json, Scrape, Sidecar, StandIn};
+use support::{decode, get, get_accepting, post_json, Answer, Scrape, Sidecar, StandIn};
 
 use consistency_sidecar::config::Config;
 use consistency_sidecar::engine::Mode;
@@ -66,6 +66,18 @@ async fn poll_tasks(
     judge: &ClientJudge,
     tasks: usize,
 ) -> BTreeMap<String, usize> {
+    poll_tasks_accepting(sidecar, judge, tasks, None, |_| {}).await
+}
+
+/// [`poll_tasks`] by a client sending `accept_encoding`; `seen` is shown the head of every
+/// inspected answer.
+async fn poll_tasks_accepting(
+    sidecar: &Sidecar,
+    judge: &ClientJudge,
+    tasks: usize,
+    accept_encoding: Option<&str>,
+    mut seen: impl FnMut(&http::HeaderMap),
+) -> BTreeMap<String, usize> {
     let mut seen_broken = BTreeMap::new();
     let mut ids = Vec::new();
     for n in 0..tasks {
@@ -87,23 +99,31 @@ async fn poll_tasks(
         }
     };
     // Each poll advances a task one stage; 5 polls finish it, the rest poll a finished task.
+    let poll = |path: String| get_accepting_owned(sidecar.url(&path), accept_encoding);
     for round in 0..9 {
         for id in &ids {
-            let (status, headers, body) = get(&sidecar.url(&format!("/test/status/{id}"))).await;
+            let (status, headers, body) = poll(format!("/test/status/{id}")).await;
             assert_eq!(status, 200);
+            seen(&headers);
             note(0, &decode(&headers, &body));
             if round % 2 == 1 {
                 let path = format!("/api/test-progress?executionId={id}");
-                let (status, headers, body) = get(&sidecar.url(&path)).await;
+                let (status, headers, body) = poll(path).await;
                 assert_eq!(status, 200);
+                seen(&headers);
                 note(1, &decode(&headers, &body));
             }
         }
-        let (status, headers, body) = get(&sidecar.url("/api/test-history")).await;
+        let (status, headers, body) = poll("/api/test-history".to_string()).await;
         assert_eq!(status, 200);
+        seen(&headers);
         note(2, &decode(&headers, &body));
     }
     seen_broken
+}
+
+async fn get_accepting_owned(url: String, accept_encoding: Option<&str>) -> Answer {
+    get_accepting(&url, accept_encoding).await
 }
 
 /// The sidecar's counters must equal the stand-in's ledger, route by route, rule by rule.
@@ -512,4 +532,190 @@ async fn a_shadow_rule_is_counted_and_clients_get_the_answers_of_the_config_with
         "switched to fix, the rule changes the bytes"
     );
     assert!(!fixed_headers.contains_key("x-consistency-shadow"));
+}
+
+/// What browsers and common clients send, and what a Flask-Compress backend answers them in.
+const CLIENTS: [(&str, Option<&str>, &str); 6] = [
+    ("chromium", Some("gzip, deflate, br, zstd"), "zstd"),
+    (
+        "chromium holding a dictionary",
+        Some("gzip, deflate, br, zstd, dcb, dcz"),
+        "zstd",
+    ),
+    ("safari", Some("gzip, deflate, br"), "br"),
+    ("curl --compressed", Some("deflate, gzip, br, zstd"), "zstd"),
+    ("python-requests", Some("gzip, deflate"), "gzip"),
+    ("no header", None, "identity"),
+];
+
+#[tokio::test]
+async fn every_client_gets_fixed_bodies_from_a_backend_negotiating_like_flask_compress() {
+    for (client, accept, coding) in CLIENTS {
+        let Some(standin) = StandIn::start_with_codecs(&[
+            "--inject-rate",
+            "0.3",
+            "--seed",
+            "11",
+            "--encoding",
+            "negotiate",
+        ])
+        .await
+        else {
+            return;
+        };
+        let sidecar = Sidecar::start(&standin.url(), "").await;
+        let judge = ClientJudge::new();
+        let mut answered_in = BTreeMap::new();
+        let broken = poll_tasks_accepting(&sidecar, &judge, 12, accept, |headers| {
+            let sent = headers
+                .get("content-encoding")
+                .map_or("identity", |v| v.to_str().unwrap());
+            *answered_in.entry(sent.to_string()).or_insert(0) += 1;
+        })
+        .await;
+        assert!(
+            broken.is_empty(),
+            "{client} saw inconsistent answers: {broken:?}"
+        );
+        assert_eq!(answered_in.keys().collect::<Vec<_>>(), [coding], "{client}");
+        let ledger = standin.ledger().await;
+        assert!(
+            ledger["codings"][coding].as_u64().unwrap() > 0,
+            "{client}: {ledger}"
+        );
+        for sent in ledger["accept_encodings"].as_array().unwrap() {
+            assert!(
+                !sent.as_str().unwrap().contains("dc"),
+                "{client}: upstream asked for {sent}"
+            );
+        }
+        let metrics = sidecar.metrics().await;
+        assert_metrics_match_ledger(&metrics, &ledger, true);
+        for route in ROUTES {
+            let skipped = |reason| {
+                metrics.value(
+                    "consistency_skipped_total",
+                    &[("route", route), ("reason", reason)],
+                )
+            };
+            assert_eq!(skipped("encoding"), 0.0, "{client} {route}");
+            assert_eq!(skipped("unparseable"), 0.0, "{client} {route}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_always_compresses_is_fixed_into_a_coding_the_client_accepted() {
+    for backend_coding in ["zstd", "br"] {
+        for (accept, fixed_in) in [
+            (
+                "gzip, deflate, br",
+                if backend_coding == "br" { "br" } else { "gzip" },
+            ),
+            ("gzip, deflate", "gzip"),
+            ("identity", "identity"),
+        ] {
+            let Some(standin) = StandIn::start_with_codecs(&[
+                "--inject-rate",
+                "0.5",
+                "--seed",
+                "7",
+                "--encoding",
+                backend_coding,
+            ])
+            .await
+            else {
+                return;
+            };
+            let sidecar = Sidecar::start(&standin.url(), "").await;
+            let judge = ClientJudge::new();
+            let mut fixed = 0;
+            let broken = poll_tasks_accepting(&sidecar, &judge, 8, Some(accept), |headers| {
+                let injected = headers
+                    .get("x-standin-rules")
+                    .is_some_and(|v| !v.to_str().unwrap().replace(',', "").is_empty());
+                let sent = headers
+                    .get("content-encoding")
+                    .map_or("identity", |v| v.to_str().unwrap());
+                if injected {
+                    fixed += 1;
+                    assert_eq!(
+                        sent, fixed_in,
+                        "a fix for {accept} from a {backend_coding} backend"
+                    );
+                    let vary = headers
+                        .get("vary")
+                        .map(|v| v.to_str().unwrap().to_ascii_lowercase());
+                    assert_eq!(vary.as_deref(), Some("accept-encoding"));
+                } else {
+                    assert_eq!(sent, backend_coding, "unfixed bodies pass as they came");
+                }
+            })
+            .await;
+            assert!(
+                broken.is_empty(),
+                "{accept} from {backend_coding}: {broken:?}"
+            );
+            assert!(
+                fixed >= 5,
+                "the run must fix enough to mean something: {fixed}"
+            );
+            let ledger = standin.ledger().await;
+            assert_metrics_match_ledger(&sidecar.metrics().await, &ledger, true);
+        }
+    }
+}
+
+/// The sidecar's peak resident memory so far (`VmHWM`), in bytes.
+fn peak_rss(sidecar: &Sidecar) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sidecar.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn br_and_zstd_bombs_pass_through_byte_for_byte_counted_and_bounded() {
+    let Some(standin) = StandIn::start_with_codecs(&[]).await else {
+        return;
+    };
+    let config = "[inspect]\nmax_decoded_bytes = 1048576\n";
+    let sidecar = Sidecar::start(&standin.url(), config).await;
+    let (status, _, _) = get(&sidecar.url("/test/status/__inconsistent")).await;
+    assert_eq!(status, 200);
+    let before = peak_rss(&sidecar);
+    for special in ["__zstdbomb", "__brbomb"] {
+        let path = format!("/test/status/{special}");
+        let (_, direct_headers, direct_body) = get(&format!("{}{path}", standin.url())).await;
+        for _ in 0..3 {
+            let (status, headers, body) =
+                get_accepting(&sidecar.url(&path), Some("br, zstd")).await;
+            assert_eq!(status, 200);
+            assert_eq!(body, direct_body, "{special} passes byte for byte");
+            assert_eq!(
+                headers.get("content-encoding"),
+                direct_headers.get("content-encoding")
+            );
+        }
+    }
+    let grew = peak_rss(&sidecar).saturating_sub(before);
+    // Each bomb inflates to 32 MiB, which held whole would take that much at least. The bound
+    // is 1 MiB decoded (2 MiB as a doubling Vec) plus the decoder's window: 4 MiB for Python's
+    // brotli (lgwin 22), at most 8 MiB for zstd (RFC 9659's cap, which we enforce).
+    assert!(
+        grew < 24 << 20,
+        "peak RSS grew {grew} bytes on 32 MiB bombs"
+    );
+    let metrics = sidecar.metrics().await;
+    let skipped = |reason| {
+        metrics.value(
+            "consistency_skipped_total",
+            &[("route", "task_status"), ("reason", reason)],
+        )
+    };
+    assert_eq!(skipped("too_large"), 6.0);
+    assert_eq!(skipped("encoding"), 0.0);
 }

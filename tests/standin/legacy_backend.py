@@ -9,8 +9,12 @@ can compare the sidecar's metrics against it.
 
 Usage:
   python3 tests/standin/legacy_backend.py [--host 127.0.0.1] [--port 0]
-      [--inject-rate 0.0] [--seed 1] [--encoding identity|gzip|deflate]
-      [--chunked] [--polls-per-stage 1]
+      [--inject-rate 0.0] [--seed 1]
+      [--encoding identity|gzip|deflate|br|zstd|negotiate] [--chunked] [--polls-per-stage 1]
+
+--encoding negotiate answers each inspected request in the coding its Accept-Encoding prefers,
+as Flask-Compress 1.25 does (zstd, br, gzip, deflate on equal weights). br and zstd need
+Debian's python3-brotli and python3-zstandard; every other mode is standard library only.
 
 The first stdout line is exactly ``LISTENING <port>``.
 
@@ -23,6 +27,7 @@ Test hooks:
   GET  /__ledger   ledger JSON (see ``Ledger.snapshot``)
   POST /__reset    zero the ledger
   GET  /test/status/__oversize | __notjson | __malformed | __gzipbomb | __inconsistent
+       | __brbomb | __zstdbomb
 
 Every response on an inspected route carries
   X-Standin-Rules: the injected rule per record, in record order ("" if none)
@@ -53,7 +58,10 @@ RULES = (
     "failed_progress",
     "terminal_not_marked",
 )
-SPECIALS = ("oversize", "notjson", "malformed", "gzipbomb", "inconsistent")
+SPECIALS = ("oversize", "notjson", "malformed", "gzipbomb", "inconsistent", "brbomb", "zstdbomb")
+CODINGS = ("identity", "gzip", "deflate", "br", "zstd")
+# Flask-Compress 1.25's COMPRESS_ALGORITHM: its order among codings a client weighs equally.
+NEGOTIATE_ORDER = ("zstd", "br", "gzip", "deflate")
 
 # Stage flow of a successful task; a failing task falls to "failed" after FAIL_AT.
 FLOW = ("init", "ai_fetching", "ranking_analysis", "source_tracing", "completed")
@@ -64,6 +72,7 @@ HISTORY_LIMIT = 20
 
 OVERSIZE_BYTES = 2 * 1024 * 1024
 GZIPBOMB_INFLATED_BYTES = 64 * 1024 * 1024
+CODEC_BOMB_INFLATED_BYTES = 32 * 1024 * 1024
 
 TERMINAL_VARIANTS = {
     "completed": ("completed_stage", "completed_progress", "terminal_not_marked"),
@@ -74,6 +83,60 @@ TERMINAL_VARIANTS = {
 def dumps(obj):
     """Serialize like Flask's jsonify of the era: sorted keys, ASCII escapes."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=True).encode("ascii")
+
+
+def codec(name):
+    """The module behind br or zstd, imported only when a run uses it."""
+    if name == "br":
+        import brotli
+        return brotli
+    import zstandard
+    return zstandard
+
+
+def compress(body, coding):
+    if coding == "gzip":
+        c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip container
+        return c.compress(body) + c.flush()
+    if coding == "deflate":
+        return zlib.compress(body, 6)  # zlib stream (HTTP "deflate")
+    if coding == "br":
+        return codec("br").compress(body, quality=4)  # Flask-Compress's default level
+    if coding == "zstd":
+        return codec("zstd").ZstdCompressor(level=3).compress(body)
+    return body
+
+
+def accepted_codings(values):
+    """Accept-Encoding lines -> {coding: weight}, '*' included (RFC 9110 section 12.5.3)."""
+    weights = {}
+    for value in values:
+        for element in value.split(","):
+            parts = [p.strip() for p in element.split(";")]
+            if not parts[0]:
+                continue
+            weight = 1.0
+            for param in parts[1:]:
+                if param.lower().startswith("q="):
+                    try:
+                        weight = float(param[2:])
+                    except ValueError:
+                        weight = 0.0
+            weights[parts[0].lower()] = weight
+    return weights
+
+
+def negotiate(values):
+    """The coding Flask-Compress would answer in, or "identity"."""
+    if not values:
+        return "identity"
+    weights = accepted_codings(values)
+    best, best_weight = "identity", 0.0
+    for coding in NEGOTIATE_ORDER:
+        weight = weights.get(coding, weights.get("*", 0.0))
+        if weight > best_weight:
+            best, best_weight = coding, weight
+    return best
 
 
 def now_iso():
@@ -241,6 +304,8 @@ class Ledger:
             for r in ROUTES
         }
         self.specials = {k: 0 for k in SPECIALS}
+        self.codings = {k: 0 for k in CODINGS}
+        self.accept_encodings = set()  # each distinct Accept-Encoding an inspected request had
 
     def count(self, route, rule):
         r = self.routes[route]
@@ -252,7 +317,8 @@ class Ledger:
             r["rules"][rule] += 1
 
     def snapshot(self):
-        return {"routes": json.loads(json.dumps(self.routes)), "specials": dict(self.specials)}
+        return {"routes": json.loads(json.dumps(self.routes)), "specials": dict(self.specials),
+                "codings": dict(self.codings), "accept_encodings": sorted(self.accept_encodings)}
 
 
 class Backend:
@@ -268,6 +334,7 @@ class Backend:
         self.order = []  # task ids in creation order
         self.ledger = Ledger()
         self._bomb = None
+        self._codec_bombs = {}
         self._bomb_lock = threading.Lock()
         self._oversize = None
 
@@ -310,6 +377,16 @@ class Backend:
                 parts.append(comp.flush())
                 self._bomb = b"".join(parts)
             return self._bomb
+
+    def codec_bomb(self, coding):
+        """A br or zstd body that inflates to CODEC_BOMB_INFLATED_BYTES."""
+        with self._bomb_lock:
+            if coding not in self._codec_bombs:
+                head = b'{"is_completed": true, "padding": "'
+                tail = b'", "progress": 100, "stage": "completed", "status": "completed"}'
+                pad = b"0" * (CODEC_BOMB_INFLATED_BYTES - len(head) - len(tail))
+                self._codec_bombs[coding] = compress(head + pad + tail, coding)
+            return self._codec_bombs[coding]
 
     def oversize(self):
         with self._bomb_lock:
@@ -375,14 +452,9 @@ def make_handler(backend):
             headers = [("Content-Type", ctype)]
             if precompressed:
                 headers.append(("Content-Encoding", precompressed))
-            elif encoding == "gzip":
-                c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip container
-                body = c.compress(body) + c.flush()
-                headers.append(("Content-Encoding", "gzip"))
-                headers.append(("Vary", "Accept-Encoding"))
-            elif encoding == "deflate":
-                body = zlib.compress(body, 6)  # zlib stream (HTTP "deflate")
-                headers.append(("Content-Encoding", "deflate"))
+            elif encoding and encoding != "identity":
+                body = compress(body, encoding)
+                headers.append(("Content-Encoding", encoding))
                 headers.append(("Vary", "Accept-Encoding"))
             for h in extra or ():
                 headers.append(h)
@@ -413,7 +485,16 @@ def make_handler(backend):
             self.wfile.flush()
 
         def _json(self, code, obj, inspected=False, extra=None):
-            enc = backend.encoding if inspected and backend.encoding != "identity" else None
+            enc = None
+            if inspected:
+                enc = backend.encoding
+                if enc == "negotiate":
+                    enc = negotiate(self.headers.get_all("Accept-Encoding") or [])
+                if self.command != "HEAD":
+                    accept = ", ".join(self.headers.get_all("Accept-Encoding") or ["-"])
+                    with backend.lock:
+                        backend.ledger.codings[enc or "identity"] += 1
+                        backend.ledger.accept_encodings.add(accept)
             self._send(code, dumps(obj), encoding=enc, extra=extra)
 
         def _records(self, code, served, real, rules, extra_headers=None):
@@ -586,6 +667,9 @@ def make_handler(backend):
                 return self._send(200, rec[: len(rec) * 2 // 3])
             if name == "gzipbomb":
                 return self._send(200, backend.gzipbomb(), precompressed="gzip")
+            if name in ("brbomb", "zstdbomb"):
+                coding = name[: -len("bomb")]
+                return self._send(200, backend.codec_bomb(coding), precompressed=coding)
             # inconsistent: always the completed_stage variant of a completed record
             real = {"task_id": "__inconsistent", "status": "completed", "stage": "completed",
                     "progress": 100, "is_completed": True, "results": [],
@@ -613,7 +697,7 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--inject-rate", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--encoding", choices=("identity", "gzip", "deflate"), default="identity")
+    p.add_argument("--encoding", choices=CODINGS + ("negotiate",), default="identity")
     p.add_argument("--chunked", action="store_true")
     p.add_argument("--polls-per-stage", type=int, default=1)
     a = p.parse_args(argv)
@@ -621,6 +705,14 @@ def main(argv=None):
         p.error("--inject-rate must be within 0..1")
     if a.polls_per_stage < 1:
         p.error("--polls-per-stage must be >= 1")
+
+    for coding in ("br", "zstd"):
+        if a.encoding in (coding, "negotiate"):
+            try:
+                codec(coding)
+            except ImportError as err:
+                p.error("--encoding %s needs %s (Debian: python3-brotli, python3-zstandard)"
+                        % (a.encoding, err.name))
 
     backend = Backend(a.inject_rate, a.seed, a.encoding, a.chunked, a.polls_per_stage)
     server = Server((a.host, a.port), make_handler(backend))

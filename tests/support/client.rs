@@ -154,7 +154,7 @@ pub async fn send_expect_broken_body(req: Request<TestBody>) -> Result<Bytes, St
         .map_err(|e| e.to_string())
 }
 
-/// The body as sent, undoing a gzip or deflate Content-Encoding.
+/// The body as sent, undoing a gzip, deflate, br or zstd Content-Encoding.
 pub fn decode(headers: &HeaderMap, body: &Bytes) -> Vec<u8> {
     let mut out = Vec::new();
     match headers
@@ -163,10 +163,22 @@ pub fn decode(headers: &HeaderMap, body: &Bytes) -> Vec<u8> {
     {
         Some("gzip") => flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out),
         Some("deflate") => flate2::read::ZlibDecoder::new(&body[..]).read_to_end(&mut out),
-        _ => return body.to_vec(),
+        Some("br") => brotli::Decompressor::new(&body[..], 4096).read_to_end(&mut out),
+        Some("zstd") => zstd::Decoder::new(&body[..]).and_then(|mut d| d.read_to_end(&mut out)),
+        None | Some("identity") => return body.to_vec(),
+        Some(other) => panic!("a test client cannot read Content-Encoding {other:?}"),
     }
     .expect("body decodes");
     out
+}
+
+/// GETs `url` with an `Accept-Encoding` (`None`: without one).
+pub async fn get_accepting(url: &str, accept_encoding: Option<&str>) -> Answer {
+    let mut request = Request::get(url);
+    if let Some(accept) = accept_encoding {
+        request = request.header("accept-encoding", accept);
+    }
+    send(request.body(empty()).expect("request")).await
 }
 
 /// Writes `bytes` on a fresh connection and reads until the server closes it (bounded).

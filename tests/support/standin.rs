@@ -4,13 +4,13 @@
 //! not hyper.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
 use super::client::get;
-use super::process::{tool, Process};
+use super::process::{in_ci, on_path, tool, Process};
 use super::repo;
 
 /// A Python server whose first stdout line is `LISTENING <port>`.
@@ -19,10 +19,42 @@ struct PythonServer {
     addr: SocketAddr,
 }
 
+/// A Python 3 that can import Debian's python3-brotli and python3-zstandard. Those install
+/// for Debian's own interpreter, which may not be the first `python3` on PATH (pyenv).
+fn python_with_codecs() -> Option<PathBuf> {
+    let candidates = [on_path("python3"), Some(PathBuf::from("/usr/bin/python3"))];
+    let found = candidates.into_iter().flatten().find(|python| {
+        Command::new(python)
+            .args(["-c", "import brotli, zstandard"])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            !in_ci(),
+            "no python3 imports brotli and zstandard, and CI=true: .ci/run must install \
+             python3-brotli and python3-zstandard"
+        );
+        eprintln!(
+            "SKIPPED: no python3 with brotli and zstandard (set CI=true to make this a failure)"
+        );
+    }
+    found
+}
+
 impl PythonServer {
     /// `None` when python3 is missing (outside CI).
     async fn start(name: &str, script: &Path, args: &[&str]) -> Option<PythonServer> {
         let python = tool("python3")?;
+        PythonServer::start_with(&python, name, script, args).await
+    }
+
+    async fn start_with(
+        python: &Path,
+        name: &str,
+        script: &Path,
+        args: &[&str],
+    ) -> Option<PythonServer> {
         let mut cmd = Command::new(python);
         cmd.arg(script).args(args).current_dir(repo());
         let process = Process::spawn(name, cmd);
@@ -52,6 +84,16 @@ impl StandIn {
         let script = repo().join("tests/standin/legacy_backend.py");
         let args = [&["--port", "0"], args].concat();
         let server = PythonServer::start("stand-in", &script, &args).await?;
+        Some(StandIn { server })
+    }
+
+    /// Like [`StandIn::start`], under a Python that can write br and zstd (for `--encoding br`,
+    /// `zstd` or `negotiate`); `None` when there is none (outside CI).
+    pub async fn start_with_codecs(args: &[&str]) -> Option<StandIn> {
+        let python = python_with_codecs()?;
+        let script = repo().join("tests/standin/legacy_backend.py");
+        let args = [&["--port", "0"], args].concat();
+        let server = PythonServer::start_with(&python, "stand-in", &script, &args).await?;
         Some(StandIn { server })
     }
 
