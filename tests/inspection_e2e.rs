@@ -719,3 +719,74 @@ async fn br_and_zstd_bombs_pass_through_byte_for_byte_counted_and_bounded() {
     assert_eq!(skipped("too_large"), 6.0);
     assert_eq!(skipped("encoding"), 0.0);
 }
+
+/// The front end itself: a real Chromium polls tasks with `fetch()` through the sidecar, from a
+/// backend that negotiates codings like Flask-Compress and makes every finished task contradict
+/// itself. Nothing the browser saw may be inconsistent or move backwards.
+#[tokio::test]
+async fn a_browser_polling_with_fetch_sees_only_consistent_statuses() {
+    let Some(standin) = StandIn::start_with_codecs(&[
+        "--inject-rate",
+        "1.0",
+        "--seed",
+        "13",
+        "--encoding",
+        "negotiate",
+    ])
+    .await
+    else {
+        return;
+    };
+    let Some(mut browser) = support::browser::Browser::launch() else {
+        return;
+    };
+    let sidecar = Sidecar::start(&standin.url(), "").await;
+    browser.open(&sidecar.url("/__poller?tasks=12"));
+    browser.wait_until("the page to poll every task to its end", support::PATIENCE * 4, |b| {
+        b.evaluate("window.done").as_bool().filter(|done| *done)
+    });
+    assert_eq!(browser.evaluate("window.failure"), Value::Null);
+    assert!(browser.errors().is_empty(), "{:?}", browser.errors());
+
+    let seen = browser.evaluate("window.seen");
+    let seen = seen.as_array().expect("window.seen is an array");
+    let judge = ClientJudge::new();
+    let mut last_progress: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut codings: BTreeMap<&str, usize> = BTreeMap::new();
+    for answer in seen {
+        let (id, coding, text) = (
+            answer[0].as_str().unwrap(),
+            answer[1].as_str().unwrap(),
+            answer[2].as_str().unwrap(),
+        );
+        *codings.entry(coding).or_default() += 1;
+        assert!(
+            judge.broken_rules(0, text.as_bytes()).is_empty(),
+            "the browser saw {text}"
+        );
+        let record: Value = serde_json::from_str(text).unwrap();
+        let progress = record["progress"].as_u64().unwrap();
+        let before = last_progress.insert(id, progress).unwrap_or(0);
+        // The model puts a failed task's progress at 0; anything else only moves forward.
+        let failed = record["status"] == "failed";
+        assert!(failed || progress >= before, "{id}: progress {before} -> {progress}");
+    }
+    assert_eq!(last_progress.len(), 12, "every task polled");
+
+    let ledger = standin.ledger().await;
+    let asked = ledger["accept_encodings"].as_array().unwrap();
+    assert!(
+        asked.iter().all(|a| a.as_str().unwrap().contains("zstd")),
+        "Chromium asks for zstd: {asked:?}"
+    );
+    assert_eq!(
+        codings.get("zstd").copied(),
+        Some(seen.len()),
+        "every answer came as zstd: {codings:?}"
+    );
+    assert_eq!(
+        ledger["routes"]["task_status"]["records"].as_u64(),
+        Some(seen.len() as u64)
+    );
+    assert_metrics_match_ledger(&sidecar.metrics().await, &ledger, true);
+}

@@ -25,6 +25,8 @@ Inspected routes (ledger names):
 
 Test hooks:
   GET  /__ledger   ledger JSON (see ``Ledger.snapshot``)
+  GET  /__poller   a page whose fetch() creates tasks and polls each until it ends, as the
+                   front end does; it keeps every answer in ``window.seen``
   POST /__reset    zero the ledger
   GET  /test/status/__oversize | __notjson | __malformed | __gzipbomb | __inconsistent
        | __brbomb | __zstdbomb
@@ -83,6 +85,36 @@ TERMINAL_VARIANTS = {
 def dumps(obj):
     """Serialize like Flask's jsonify of the era: sorted keys, ASCII escapes."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=True).encode("ascii")
+
+
+# The front end's polling loop, for a real browser: every answer is kept as
+# [task id, Content-Encoding, body text] in window.seen; window.done is set at the end.
+POLLER_PAGE = b"""<!doctype html>
+<meta charset="utf-8"><title>poller</title><link rel="icon" href="data:,">
+<script>
+window.seen = []; window.done = false; window.failure = null;
+async function pollTask(n) {
+  const brand = (n % 4 === 3 ? "fail-brand-" : "brand-") + n;
+  const created = await (await fetch("/api/perform-brand-test", {
+    method: "POST", headers: {"content-type": "application/json"},
+    body: JSON.stringify({brand_list: [brand], selectedModels: ["m"]})})).json();
+  const id = created.execution_id;
+  for (let i = 0; i < 50; i++) {
+    const answer = await fetch("/test/status/" + id, {cache: "no-store"});
+    const text = await answer.text();
+    window.seen.push([id, answer.headers.get("content-encoding") || "identity", text]);
+    const status = JSON.parse(text).status;
+    if (status === "completed" || status === "failed") return;
+  }
+}
+(async () => {
+  const tasks = Number(new URLSearchParams(location.search).get("tasks") || "12");
+  try { for (let n = 0; n < tasks; n++) await pollTask(n); }
+  catch (e) { window.failure = String(e); }
+  window.done = true;
+})();
+</script>
+"""
 
 
 def codec(name):
@@ -555,6 +587,8 @@ def make_handler(backend):
                 return self.perform_brand_test(body)
             if path.startswith("/api/deep-intelligence/") and get:
                 return self.deep_intelligence(path[len("/api/deep-intelligence/"):])
+            if path == "/__poller" and get:
+                return self._send(200, POLLER_PAGE, ctype="text/html; charset=utf-8")
             if path == "/__ledger" and get:
                 with backend.lock:
                     snap = backend.ledger.snapshot()
