@@ -19,6 +19,7 @@
 //! - `reload`: hot reload (SIGHUP, `POST /-/reload`, `watch_config`): validate, keep restart-only keys, swap.
 //! - `runtime`: worker threads, each with a single-threaded runtime.
 //! - `clock`: a lock-free "last seen" instant.
+//! - `coding`: content codings (gzip, deflate, br, zstd): decoding within a bound, re-encoding.
 //! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`, the status page.
 //! - `server`: the proxy and admin listeners, connections, signals, upkeep, graceful shutdown.
 //! - `report`: the consistency report (seed layout), text and JSON, and the status behind `/report.json`.
@@ -27,6 +28,7 @@
 pub mod admin;
 pub mod cli;
 pub mod clock;
+pub mod coding;
 pub mod commands;
 pub mod config;
 pub mod engine;

@@ -8,7 +8,7 @@
 
 use http::header::{HeaderMap, HeaderValue, ACCEPT_ENCODING};
 
-use super::decode::Coding;
+use crate::coding::Coding;
 
 /// The highest weight, `q=1`, in thousandths as RFC 9110 §12.4.2 allows at most.
 const FULL_WEIGHT: u16 = 1000;

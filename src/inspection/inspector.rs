@@ -16,7 +16,7 @@ use prometheus::Registry;
 use super::accept::ClientCodings;
 use super::body::InspectBody;
 use super::budget::{Budget, Reservation};
-use super::decode::{Coding, DecodeError};
+use crate::coding::{Coding, DecodeError};
 use super::issue_log::RouteIssueLog;
 use super::metrics::{InspectionFamilies, InspectionMetrics, RouteCounters, RouteLabels, Skip};
 use super::BoxError;

@@ -9,7 +9,6 @@
 mod accept;
 mod body;
 mod budget;
-mod decode;
 mod inspector;
 mod issue_log;
 mod layer;
@@ -17,7 +16,6 @@ mod metrics;
 
 pub use accept::ClientCodings;
 pub use body::InspectBody;
-pub use decode::Coding;
 pub use inspector::{InspectionState, Inspector, FIXED_HEADER, SHADOW_HEADER};
 pub use layer::{InspectLayer, InspectService};
 pub use metrics::{InspectionFamilies, InspectionMetrics, Skip};

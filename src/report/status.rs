@@ -12,6 +12,7 @@ use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 
 use super::{ratio, LevelCounts, Report, ReportBook, Sample};
+use crate::coding::Coding;
 use crate::engine::Mode;
 use crate::settings::Settings;
 
@@ -56,6 +57,9 @@ pub struct SidecarStatus {
     pub upstream: String,
     pub started_at: String,
     pub uptime_seconds: u64,
+    /// Content codings whose bodies are inspected; any other passes through, counted as
+    /// skipped with reason `encoding`.
+    pub inspected_codings: Vec<String>,
 }
 
 /// One inspected route, since start.
@@ -161,6 +165,10 @@ impl Status {
                 upstream: settings.config.upstream.uri.to_string(),
                 started_at: humantime::format_rfc3339_seconds(started.wall).to_string(),
                 uptime_seconds: started.at.elapsed().as_secs(),
+                inspected_codings: Coding::INSPECTED
+                    .iter()
+                    .map(|coding| coding.token().to_string())
+                    .collect(),
             },
             routes,
             proxy: ProxyStatus {

@@ -1,4 +1,5 @@
-//! Content-Encoding for inspection: decode within a bound, and encode a patched body.
+//! Content codings for inspection: decode a body within a bound, and encode a patched one.
+//! Pure: bytes in, bytes out, like the engine.
 
 use std::io::{Read, Write};
 
