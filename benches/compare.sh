@@ -3,11 +3,16 @@
 # same fields, and the sidecar (unrouted passthrough and a tracked route needing two fixes per
 # response), all in front of the same nginx backend answering a ~450-byte task status from memory.
 #
-# Usage: benches/compare.sh [--quick] [--redis] [--profile] [--duration 8s] [--rounds 3]
-#                           [--conns "1 32 256"]
+# Usage: benches/compare.sh [--quick] [--redis] [--codings] [--profile] [--duration 8s]
+#                           [--rounds 3] [--conns "1 32 256"]
 #   --quick       3 s runs (same rounds and connection counts); also QUICK=1
 #   --redis       add a contender: the sidecar with `[tracker] store = "redis"` and a redis-server
 #                 of its own on a free loopback port (issue 11's cost of shared task memory)
+#   --codings     add contenders: the fixed route with the backend's body in gzip, br and zstd
+#                 (precompressed files, as Flask-Compress would send them) and a browser's
+#                 Accept-Encoding (issue 16's cost of decoding and re-encoding); needs
+#                 /usr/bin/python3 with brotli and zstandard (Debian: python3-brotli,
+#                 python3-zstandard) to write the files
 #   --profile     after the rounds, one more run of each sidecar contender at 32 connections
 #                 under `perf record` (flat, by DSO and by symbol): where the sidecar's CPU goes
 #   --duration, --rounds, --conns   also DURATION, ROUNDS, CONNS
@@ -32,12 +37,14 @@ DURATION="${DURATION:-8s}"
 ROUNDS="${ROUNDS:-3}"
 CONNS="${CONNS:-1 32 256}"
 REDIS="${REDIS:-0}"
+CODINGS_RUN="${CODINGS_RUN:-0}"
 PROFILE="${PROFILE:-0}"
 [ "${QUICK:-0}" = 1 ] && DURATION=3s
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) DURATION=3s ;;
         --redis) REDIS=1 ;;
+        --codings) CODINGS_RUN=1 ;;
         --profile) PROFILE=1 ;;
         --duration) DURATION="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
@@ -54,6 +61,7 @@ DURATION_S="${DURATION%s}"
 }
 COMMAND="benches/compare.sh --duration ${DURATION_S}s --rounds $ROUNDS --conns \"$CONNS\""
 [ "$REDIS" = 1 ] && COMMAND+=" --redis"
+[ "$CODINGS_RUN" = 1 ] && COMMAND+=" --codings"
 [ "$PROFILE" = 1 ] && COMMAND+=" --profile"
 
 log() { echo "compare.sh: $*" >&2; }
@@ -165,8 +173,28 @@ start_nginx() {
     wait_http "http://127.0.0.1:$2/nginx-up-probe"
 }
 
+# With --codings, the fix body precompressed per coding, served as files with its
+# Content-Encoding (the task's path gains the coding's name; the body is the same task's).
+CODED_LOCATIONS=""
+if [ "$CODINGS_RUN" = 1 ]; then
+    mkdir -p "$WORK/coded"
+    /usr/bin/python3 - "$WORK/coded" "$FIX_BODY" <<'PY' || die "--codings needs /usr/bin/python3 with brotli and zstandard (python3-brotli, python3-zstandard)"
+import gzip, sys
+import brotli, zstandard
+out, body = sys.argv[1], sys.argv[2].encode()
+for name, data in (("gzip", gzip.compress(body, 6)), ("br", brotli.compress(body, quality=4)),
+                   ("zstd", zstandard.ZstdCompressor(level=3).compress(body))):
+    open(f"{out}/fix.{name}", "wb").write(data)
+PY
+    chmod -R a+rX "$WORK/coded"
+    for coding in gzip br zstd; do
+        CODED_LOCATIONS+="
+        location = $FIX_PATH-$coding { add_header Content-Encoding $coding; alias $WORK/coded/fix.$coding; }"
+    done
+fi
+
 BACKEND_PORT="$(free_port)"
-nginx_conf backend "$BACKEND_PORT" "" "
+nginx_conf backend "$BACKEND_PORT" "" "$CODED_LOCATIONS
         location = $FIX_PATH { return 200 '$FIX_BODY'; }
         location = $OK_PATH { return 200 '$OK_BODY'; }
         location = $PLAIN_PATH { return 200 '$FIX_BODY'; }
@@ -264,6 +292,9 @@ declare -A ROOTPIDS=(
     [sidecar_fixed]="$SIDECAR_MAIN_PID"
 )
 declare -A LOGFILE=([sidecar_pass]="$WORK/sidecar.log" [sidecar_fixed]="$WORK/sidecar.log")
+# Extra request headers per contender (wrk -H).
+declare -A HEADER=()
+BROWSER_ACCEPT="Accept-Encoding: gzip, deflate, br, zstd"
 
 if [ -n "${SIDECAR_EXTRA_CONFIG:-}" ]; then
     [ -r "$SIDECAR_EXTRA_CONFIG" ] || die "SIDECAR_EXTRA_CONFIG=$SIDECAR_EXTRA_CONFIG is not readable"
@@ -303,6 +334,20 @@ redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
     LOGFILE[sidecar_redis]="$WORK/sidecar_redis.log"
 fi
 
+CODED_KEYS=()
+if [ "$CODINGS_RUN" = 1 ]; then
+    for coding in gzip br zstd; do
+        key="sidecar_fixed_$coding"
+        CODED_KEYS+=("$key")
+        KEYS+=("$key")
+        LABEL[$key]="sidecar, task_status in $coding, 2 fixes/resp"
+        URL[$key]="http://$SIDECAR_MAIN_ADDR$FIX_PATH-$coding"
+        ROOTPIDS[$key]="$SIDECAR_MAIN_PID"
+        LOGFILE[$key]="$WORK/sidecar.log"
+        HEADER[$key]="$BROWSER_ACCEPT"
+    done
+fi
+
 # --- check every contender does the job before measuring it -----------------------------------
 fetch() { # url file
     curl -sS --max-time 5 -o "$2" -w '%{http_code}' "$1" | grep -qx 200 || die "$1 did not answer 200"
@@ -322,7 +367,21 @@ import json, sys
 fixes = [f["rule"] for r in json.load(open(sys.argv[1]))["records"] for f in r["fixes"]]
 sys.exit(0 if sorted(fixes) == ["completed_progress", "completed_stage"] else 1)
 PY
+for key in "${CODED_KEYS[@]}"; do
+    curl -sS --max-time 5 -H "$BROWSER_ACCEPT" -D "$V/${key}_head" -o "$V/${key}_fix" "${URL[$key]}" ||
+        die "$key did not answer"
+    /usr/bin/python3 - "$V/${key}_head" "$V/${key}_fix" "$V/expected_fix" <<'PY' || die "$key: not fixed like \`inspect --fixed\` in its own coding"
+import gzip, sys
+import brotli, zstandard
+head, body, want = (open(p, "rb").read() for p in sys.argv[1:4])
+coding = [l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"content-encoding:")]
+decode = {"gzip": gzip.decompress, "br": brotli.decompress,
+          "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b)}
+sys.exit(0 if len(coding) == 1 and decode[coding[0]](body) == want else 1)
+PY
+done
 for key in "${KEYS[@]}"; do
+    [[ " ${CODED_KEYS[*]} " == *" $key "* ]] && continue
     base="${URL[$key]%"$FIX_PATH"}"
     base="${base%"$PLAIN_PATH"}"
     fetch "$base$OK_PATH" "$V/${key}_ok"
@@ -409,7 +468,8 @@ run() {
     t0="$(cpu_ticks "${pids[@]}")"
     l0="$( [ -n "${LOGFILE[$key]:-}" ] && stat -c %s "${LOGFILE[$key]}" || echo 0)"
     out="$(timeout $((DURATION_S + 60)) taskset -c "$LOAD_CPU" \
-        wrk -t1 -c"$c" -d"${DURATION_S}s" --timeout 10s --latency "${URL[$key]}")" ||
+        wrk -t1 -c"$c" -d"${DURATION_S}s" --timeout 10s --latency \
+        ${HEADER[$key]:+-H "${HEADER[$key]}"} "${URL[$key]}")" ||
         die "wrk failed on $key at $c connections"
     t1="$(cpu_ticks "${pids[@]}")"
     l1="$( [ -n "${LOGFILE[$key]:-}" ] && stat -c %s "${LOGFILE[$key]}" || echo 0)"
