@@ -57,7 +57,11 @@ fn codings(c: &mut Criterion) {
         for coding in CODINGS {
             let encoded = coding.encode(body).expect("encodes");
             decode.bench_function(coding.token(), |b| {
-                b.iter(|| coding.decode(black_box(&encoded), 8 << 20).expect("decodes"))
+                b.iter(|| {
+                    coding
+                        .decode(black_box(&encoded), 8 << 20)
+                        .expect("decodes")
+                })
             });
         }
         decode.finish();

@@ -19,6 +19,24 @@ const BROTLI_QUALITY: i32 = 4;
 /// Brotli window for a re-encoded body (256 KiB): bodies are bounded by `max_decoded_bytes`
 /// and status records are small, so a larger window only costs the encoder memory.
 const BROTLI_LGWIN: i32 = 18;
+thread_local! {
+    /// One zstd decoding context per worker thread, reused: creating one costs more than
+    /// decoding a status body. Its window is capped, so it never holds more than 8 MiB.
+    /// `None` if libzstd could not create it or refused the cap (then zstd is not decoded).
+    static ZSTD_CONTEXT: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        std::cell::RefCell::new(zstd_context());
+}
+
+fn zstd_context() -> Option<zstd::zstd_safe::DCtx<'static>> {
+    let mut context = zstd::zstd_safe::DCtx::try_create()?;
+    context
+        .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+            ZSTD_WINDOW_LOG_MAX,
+        ))
+        .ok()?;
+    Some(context)
+}
+
 /// Buffer between a brotli stream and its decoder.
 const BROTLI_BUFFER: usize = 4096;
 
@@ -112,14 +130,11 @@ impl Coding {
                 let decoder = brotli::Decompressor::new(&body[..], BROTLI_BUFFER);
                 read_bounded(decoder, limit).map(|b| (b, self))
             }
-            Coding::Zstd => {
-                let mut decoder =
-                    zstd::Decoder::with_buffer(&body[..]).map_err(|_| DecodeError::Corrupt)?;
-                decoder
-                    .window_log_max(ZSTD_WINDOW_LOG_MAX)
-                    .map_err(|_| DecodeError::Corrupt)?;
-                read_bounded(decoder, limit).map(|b| (b, self))
-            }
+            Coding::Zstd => ZSTD_CONTEXT.with_borrow_mut(|context| {
+                let context = context.as_mut().ok_or(DecodeError::Corrupt)?;
+                read_bounded(zstd::Decoder::with_context(&body[..], context), limit)
+                    .map(|b| (b, self))
+            }),
         }
     }
 

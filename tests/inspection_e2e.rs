@@ -742,9 +742,11 @@ async fn a_browser_polling_with_fetch_sees_only_consistent_statuses() {
     };
     let sidecar = Sidecar::start(&standin.url(), "").await;
     browser.open(&sidecar.url("/__poller?tasks=12"));
-    browser.wait_until("the page to poll every task to its end", support::PATIENCE * 4, |b| {
-        b.evaluate("window.done").as_bool().filter(|done| *done)
-    });
+    browser.wait_until(
+        "the page to poll every task to its end",
+        support::PATIENCE * 4,
+        |b| b.evaluate("window.done").as_bool().filter(|done| *done),
+    );
     assert_eq!(browser.evaluate("window.failure"), Value::Null);
     assert!(browser.errors().is_empty(), "{:?}", browser.errors());
 
@@ -769,7 +771,10 @@ async fn a_browser_polling_with_fetch_sees_only_consistent_statuses() {
         let before = last_progress.insert(id, progress).unwrap_or(0);
         // The model puts a failed task's progress at 0; anything else only moves forward.
         let failed = record["status"] == "failed";
-        assert!(failed || progress >= before, "{id}: progress {before} -> {progress}");
+        assert!(
+            failed || progress >= before,
+            "{id}: progress {before} -> {progress}"
+        );
     }
     assert_eq!(last_progress.len(), 12, "every task polled");
 

@@ -16,10 +16,10 @@ use prometheus::Registry;
 use super::accept::ClientCodings;
 use super::body::InspectBody;
 use super::budget::{Budget, Reservation};
-use crate::coding::{Coding, DecodeError};
 use super::issue_log::RouteIssueLog;
 use super::metrics::{InspectionFamilies, InspectionMetrics, RouteCounters, RouteLabels, Skip};
 use super::BoxError;
+use crate::coding::{Coding, DecodeError};
 use crate::engine::{
     self, Fix, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleMode, RuleSet,
 };
