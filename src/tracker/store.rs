@@ -14,7 +14,7 @@ use std::sync::Arc;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::time::Instant;
 
-use super::memory::{RouteMemory, TaskTracker};
+use super::memory::{RouteMemory, StalledNow, TaskTracker};
 use super::redis::{self, Candidate, Correction, Exchanged, Holds, RedisStore};
 use super::transition::{Snapshot, Transitions};
 use crate::config::TrackerStore;
@@ -129,6 +129,7 @@ impl TaskMemory {
             .map(|route| route.name())
             .collect();
         let mut ids = self.local.assign_routes(&tracked).into_iter();
+        self.local.touch_routes(&tracked);
         settings
             .routes
             .iter()
@@ -155,14 +156,25 @@ impl TaskMemory {
         &self.local
     }
 
-    /// Periodic upkeep, from one task only: forgets expired local tasks, and connects to the
+    /// Periodic upkeep, from one task only: forgets expired and abandoned local tasks, and connects to the
     /// shared store early, or keeps retrying it while it is down.
     pub fn maintain(&self) {
+        // Abandonment first: at abandon_after = ttl, the TTL would forget them uncounted.
+        self.local.abandon_idle();
         self.local.purge_expired();
         if let Some(redis) = &self.shared {
             redis.maintain();
         }
     }
+
+    /// The stalled tasks now: counted per (route, stage), and the `keep` longest stalled.
+    pub fn stalled(&self, keep: usize) -> StalledNow {
+        self.local.stalled(keep)
+    }
+
+    /// Waits for the upkeep's work on the shared store (none with local memory).
+    #[cfg(test)]
+    pub(crate) async fn settle(&self) {}
 
     /// Keys of the shared store corrected after the engine vetoed a predicted fix.
     #[cfg(test)]

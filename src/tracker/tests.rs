@@ -29,6 +29,8 @@ mod tool;
 mod redis_server;
 use redis_server::RedisServer;
 
+mod stall;
+
 fn state(status: &str, stage: &str, progress: f64) -> RecordState {
     RecordState {
         status: Some(status.into()),
@@ -684,6 +686,7 @@ async fn a_task_not_seen_for_the_ttl_starts_afresh(kind: Kind) {
     // Real time, as Redis expires keys by its own clock; margins of 0.8 s either side.
     let config = TrackerConfig {
         ttl: Duration::from_secs(2),
+        abandon_after: Duration::from_secs(1),
         ..default_tracker()
     };
     let t = Memory::new(kind, config);
@@ -975,6 +978,7 @@ fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
         ttl_ms: 1000,
     };
     let rehash = |_: u16, _: &str| 7;
+    let limits = super::stall::StallLimits::new(&default_tracker(), &default_model());
     let at = |progress| Snapshot {
         progress,
         ..Snapshot::EMPTY
@@ -986,13 +990,14 @@ fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
     };
     let mut shard = Shard::new();
     // Two different tasks forced onto one hash.
-    let first = shard.put(key("a"), at(80.0), clock, || true, rehash);
+    let first = shard.put(key("a"), at(80.0), clock, &limits, || true, rehash);
     assert_eq!(first, Changes::default());
     assert_eq!(shard.get(key("b"), clock), None);
     let second = shard.put(
         key("b"),
         at(10.0),
         clock,
+        &limits,
         || unreachable!("not a new entry"),
         rehash,
     );
@@ -1020,9 +1025,17 @@ fn a_full_tracker_displaces_within_the_shard_and_an_empty_shard_overshoots_by_on
     };
     let key = |hash, id| Key { hash, route: 0, id };
     let rehash = |_: u16, id: &str| if id == "a" { 1 } else { 2 };
+    let limits = super::stall::StallLimits::new(&default_tracker(), &default_model());
     let mut shard = Shard::new();
     // Refused room with nothing to displace: added anyway, and counted by the shard.
-    let first = shard.put(key(1, "a"), Snapshot::EMPTY, clock, || false, rehash);
+    let first = shard.put(
+        key(1, "a"),
+        Snapshot::EMPTY,
+        clock,
+        &limits,
+        || false,
+        rehash,
+    );
     assert_eq!(
         first,
         Changes {
@@ -1031,7 +1044,14 @@ fn a_full_tracker_displaces_within_the_shard_and_an_empty_shard_overshoots_by_on
         }
     );
     // Refused room again: "b" displaces "a".
-    let second = shard.put(key(2, "b"), Snapshot::EMPTY, clock, || false, rehash);
+    let second = shard.put(
+        key(2, "b"),
+        Snapshot::EMPTY,
+        clock,
+        &limits,
+        || false,
+        rehash,
+    );
     assert_eq!(
         second,
         Changes {
