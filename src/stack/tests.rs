@@ -398,7 +398,7 @@ async fn a_stalled_task_is_counted_and_its_responses_pass_byte_for_byte() {
             tokio::time::advance(Duration::from_secs(10)).await;
         }
         let response = sidecar
-            .app_with(upstream.clone())
+            .app_with(upstream)
             .oneshot(get("/test/status/t9"))
             .await
             .expect("response");

@@ -54,6 +54,11 @@ pub struct TaskTracker {
     /// Swapped by every reload: the stall limits are reloadable.
     limits: ArcSwap<StallLimits>,
     activity: ActivityMetrics,
+    /// Beside a shared store, which judges activity for every replica: this memory then
+    /// neither counts activity nor abandons tasks (it sees only this replica's polls).
+    quiet: bool,
+    /// The Unix time of `epoch`, in ms: the shared store's clock.
+    unix_epoch_ms: u64,
     capacity: usize,
     ttl_ms: u64,
     /// Time zero of the entries' `seen_ms`.
@@ -139,6 +144,10 @@ impl TaskTracker {
             transitions: ArcSwap::from_pointee(Transitions::new(config, model)),
             limits: ArcSwap::from_pointee(StallLimits::new(config, model)),
             activity: ActivityMetrics::new().expect("the activity metric names are valid"),
+            quiet: false,
+            unix_epoch_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             capacity,
             ttl_ms: u64::try_from(config.ttl.as_millis())
                 .unwrap_or(u64::MAX)
@@ -265,6 +274,28 @@ impl TaskTracker {
         self.limits.store(Arc::new(StallLimits::new(config, model)));
     }
 
+    /// Leaves activity to a shared store: see `quiet`.
+    pub(crate) fn set_quiet(&mut self) {
+        self.quiet = true;
+    }
+
+    /// The stall limits of the current configuration.
+    pub(crate) fn limits(&self) -> Arc<StallLimits> {
+        self.limits.load_full()
+    }
+
+    /// Now, in Unix ms, by this tracker's clock.
+    pub(crate) fn unix_ms(&self) -> u64 {
+        self.unix_epoch_ms.saturating_add(self.now_ms())
+    }
+
+    /// Counts activity the shared store judged on a task of route `route`.
+    pub(crate) fn record_shared(&self, route: &str, activity: Activity) {
+        let transitions = self.transitions.load();
+        self.activity
+            .record(route, activity, |stage| transitions.stage_label(stage));
+    }
+
     /// The activity families, which the tracker's collector gathers.
     pub(crate) fn activity(&self) -> &ActivityMetrics {
         &self.activity
@@ -281,6 +312,9 @@ impl TaskTracker {
     /// Forgets every non-terminal task nobody polled for `tracker.abandon_after`, counting
     /// each once; returns how many. Called by the periodic upkeep.
     pub fn abandon_idle(&self) -> usize {
+        if self.quiet {
+            return 0;
+        }
         let now_ms = self.now_ms();
         let limits = self.limits.load();
         let rehash = |route: u16, id: &str| self.hash(route, id);
@@ -380,7 +414,7 @@ impl TaskTracker {
 
     /// Counts one poll's activity on a task of the route whose memory id is `route`.
     fn record(&self, route: u16, activity: Activity) {
-        if activity == Activity::default() {
+        if self.quiet || activity == Activity::default() {
             return;
         }
         let transitions = self.transitions.load();

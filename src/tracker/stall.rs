@@ -16,6 +16,9 @@ const STAGE_BUCKETS: [f64; 14] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0,
 ];
 
+/// Stalled tasks listed at most (the longest stalled), on the status page and `/report.json`.
+pub const LISTED: usize = 50;
+
 /// The stall and abandonment limits of one configuration, with the model's terminal statuses.
 #[derive(Debug, Clone)]
 pub(crate) struct StallLimits {
@@ -100,6 +103,27 @@ impl StallLimits {
             .get(usize::from(stage))
             .copied()
             .unwrap_or(self.default_ms)
+    }
+
+    /// The stall limits for the judge script: by stage code, then the default, comma-separated.
+    pub fn limits_arg(&self) -> String {
+        let mut text = String::new();
+        for ms in self.per_stage.iter().chain([&self.default_ms]) {
+            if !text.is_empty() {
+                text.push(',');
+            }
+            text.push_str(&ms.to_string());
+        }
+        text
+    }
+
+    /// The terminal status codes for the scripts, comma-separated.
+    pub fn terminal_arg(&self) -> String {
+        let codes: Vec<String> = (0..self.terminal.len())
+            .filter(|&code| self.terminal[code])
+            .map(|code| code.to_string())
+            .collect();
+        codes.join(",")
     }
 
     /// Whether `status` ends a task: such a task is never stalled nor abandoned.

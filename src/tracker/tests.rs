@@ -1202,8 +1202,18 @@ async fn keys_are_per_route_and_model_and_expire_with_the_ttl() {
         .query_async(&mut redis)
         .await
         .expect("GET");
-    // completed is stage 4 and status 2 of the default model.
-    assert_eq!(value, "4:2:100");
+    // completed is stage 4 and status 2 of the default model; then first seen, last changed
+    // and in its stage since (the same: one poll), not stalled, and the progress.
+    let parts: Vec<&str> = value.split(':').collect();
+    assert_eq!(
+        (parts[0], parts[1], parts[5], parts[6]),
+        ("4", "2", "0", "100"),
+        "{value}"
+    );
+    assert!(
+        parts[2].len() >= 13 && parts[2] == parts[3] && parts[3] == parts[4],
+        "{value}"
+    );
     let ttl_ms: i64 = ::redis::cmd("PTTL")
         .arg(&keys[0])
         .query_async(&mut redis)
@@ -1311,16 +1321,20 @@ async fn bytes_per_task_in_redis() {
         "{TASKS} tasks: MEMORY USAGE of one key {usage} B ({} B key); used_memory grew {per_task} B per task",
         key.len()
     );
-    // The README quotes these (36-character ids, 69-byte keys): the key and its value, then
-    // everything (the TTL's entry, hash table slots, allocator rounding).
-    assert!((100..=160).contains(&usage), "{usage}");
-    assert!((150..=300).contains(&per_task), "{per_task}");
+    // The README quotes these (36-character ids, 69-byte keys): the key and its value (with
+    // its three timestamps), then everything (the TTL's entry, hash table slots, allocator
+    // rounding, and the running task's entry in its route's `polled` index).
+    assert!((150..=220).contains(&usage), "{usage}");
+    assert!((300..=550).contains(&per_task), "{per_task}");
 }
 
 #[test]
 fn values_encode_and_decode_exactly() {
-    use super::redis::{decode, encode};
+    use super::redis::{decode, restate};
     use super::transition::{Snapshot, FAILED, UNKNOWN};
+    let encode = |memory: &Snapshot| {
+        restate("0:0:1700000000000:1700000000001:1700000000002:1:", memory).expect("ours")
+    };
     for progress in [0.0, 40.0, 62.5, 99.99, 0.1, 1e-7, 1e21, f64::MAX, f64::NAN] {
         let memory = Snapshot {
             stage: FAILED,
@@ -1341,18 +1355,27 @@ fn values_encode_and_decode_exactly() {
             status: 1,
             progress: 40.0
         }),
-        "2:1:40"
+        "2:1:1700000000000:1700000000001:1700000000002:1:40",
+        "the timestamps stay"
     );
-    assert_eq!(encode(&Snapshot::EMPTY), "65535:65535:");
+    assert_eq!(
+        encode(&Snapshot::EMPTY),
+        "65535:65535:1700000000000:1700000000001:1700000000002:1:"
+    );
+    assert_eq!(restate("1:2:3", &Snapshot::EMPTY), None);
     for foreign in [
         "",
         "1:2",
-        "a:1:2",
-        "+1:2:3",
-        "70000:1:2",
-        "1:2:x",
-        "1:2:inf",
-        "1:2:NaN",
+        "1:2:3",
+        "a:1:1:1:1:0:2",
+        "+1:2:1:1:1:0:3",
+        "70000:1:1:1:1:0:2",
+        "1:2:1:1:1:0:x",
+        "1:2:1:1:1:0:inf",
+        "1:2:1:1:1:0:NaN",
+        "1:2:1:1:1:2:3",
+        "1:2::1:1:0:3",
+        "1:2:1:x:1:0:3",
     ] {
         assert!(decode(foreign).is_none(), "{foreign:?}");
     }
