@@ -16,8 +16,9 @@ use tokio::net::TcpStream;
 
 use crate::metrics;
 use crate::reload::Reloader;
-use crate::report::{Started, Status};
+use crate::report::{StalledRow, Started, Status};
 use crate::stack::Sidecar;
+use crate::tracker::STALLED_LISTED;
 
 /// The admin service; cheap to clone per connection.
 #[derive(Clone, Debug)]
@@ -85,6 +86,7 @@ impl Admin {
                     self.started,
                 );
                 status.config = self.reloader.as_ref().map(|r| r.last());
+                status.stalled.tasks = stalled_rows(&self.sidecar);
                 let json = serde_json::to_vec_pretty(&status)
                     .unwrap_or_else(|_| br#"{"error": "report unavailable"}"#.to_vec());
                 let mut response = Response::new(Full::new(Bytes::from(json)));
@@ -186,6 +188,24 @@ async fn probe(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
             humantime::format_duration(timeout)
         )),
     }
+}
+
+/// The longest stalled tasks now, from the task memory (ids are never metric labels).
+fn stalled_rows(sidecar: &Sidecar) -> Vec<StalledRow> {
+    sidecar
+        .memory()
+        .stalled(STALLED_LISTED)
+        .oldest
+        .into_iter()
+        .map(|task| StalledRow {
+            route: task.route,
+            task_id: task.task_id,
+            stage: task.stage,
+            progress: task.progress,
+            stalled_for_seconds: task.stalled_for_ms / 1000,
+            last_polled_seconds_ago: task.polled_ago_ms / 1000,
+        })
+        .collect()
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

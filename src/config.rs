@@ -7,6 +7,7 @@
 //! one log line. [`Settings::compile`](crate::settings::Settings::compile) validates and
 //! compiles a `Config`, once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::LazyLock;
@@ -288,6 +289,14 @@ pub struct TrackerConfig {
     /// store = "redis": while Redis is down, how often to try it again.
     #[serde(with = "humantime_serde")]
     pub retry_interval: Duration,
+    /// A non-terminal task still polled whose state stays the same this long is stalled.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// A non-terminal task nobody polls this long is abandoned, counted and forgotten.
+    #[serde(with = "humantime_serde")]
+    pub abandon_after: Duration,
+    /// Per-stage overrides of `stall_after`, by stage name (AI stages take longer).
+    pub stall_after_stage: BTreeMap<String, humantime_serde::Serde<Duration>>,
     /// One table per transition rule, named as [`TransitionKind::as_str`] spells it.
     pub rules: TransitionRules,
 }
@@ -326,6 +335,38 @@ impl TrackerConfig {
             TransitionKind::TerminalChanged => rules.terminal_changed,
             TransitionKind::ProgressRegression => rules.progress_regression,
         }
+    }
+
+    /// The stall limits: positive, known stages, and abandonment before the TTL forgets a task.
+    fn validate_stalls(&self, model: &ModelConfig) -> Result<(), ConfigError> {
+        if self.stall_after.is_zero() {
+            return Err(ConfigError::new(
+                "tracker.stall_after",
+                "must be greater than 0s",
+            ));
+        }
+        if self.abandon_after.is_zero() || self.abandon_after > self.ttl {
+            return Err(ConfigError::new(
+                "tracker.abandon_after",
+                format!(
+                    "must be greater than 0s and at most tracker.ttl ({}), or a task is forgotten before it is found abandoned",
+                    humantime::format_duration(self.ttl)
+                ),
+            ));
+        }
+        for (stage, limit) in &self.stall_after_stage {
+            let key = || format!("tracker.stall_after_stage.{stage}");
+            if !model.stages.contains(stage) {
+                return Err(ConfigError::new(
+                    key(),
+                    format!("{stage:?} is not in model.stages"),
+                ));
+            }
+            if limit.is_zero() {
+                return Err(ConfigError::new(key(), "must be greater than 0s"));
+            }
+        }
+        Ok(())
     }
 
     /// The shared store's keys: a URL the Redis client accepts, a prefix safe to read in a key.
@@ -583,6 +624,7 @@ impl Config {
             }
         }
         self.tracker.validate_store()?;
+        self.tracker.validate_stalls(&self.model)?;
         if self.model.statuses.is_empty() {
             return Err(ConfigError::new("model.statuses", "must not be empty"));
         }

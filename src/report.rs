@@ -11,7 +11,7 @@ mod status;
 pub use history::{RatioHistory, Sample, SAMPLES_KEPT, SAMPLE_EVERY};
 pub use status::{
     ConfigStatus, FixCount, HistoryStatus, ProxyStatus, RouteStatus, RuleCount, SidecarStatus,
-    Started, Status, TrackerStatus, OBJECTIVE,
+    StageDuration, StalledRow, StalledStatus, Started, Status, TrackerStatus, OBJECTIVE,
 };
 
 use std::collections::VecDeque;

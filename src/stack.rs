@@ -132,6 +132,11 @@ impl Sidecar {
         )
     }
 
+    /// The task memory, kept across generations.
+    pub fn memory(&self) -> Arc<crate::tracker::TaskMemory> {
+        self.inspection.memory.clone()
+    }
+
     /// The report book, kept across generations.
     pub fn book(&self) -> Arc<ReportBook> {
         self.inspection.book.clone()

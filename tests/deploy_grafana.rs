@@ -125,6 +125,8 @@ fn dashboard_is_templated_with_a_fixed_uid() {
         "fixes applied by rule, per route",
         "skipped share vs the 10% alert",
         "upstream error share vs the 5% alert",
+        "stalled tasks by stage",
+        "stage duration p50 / p99",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(wanted)),

@@ -48,6 +48,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "ConsistencyInspectionSkipped",
         "ConsistencyTrackerStoreDown",
         "ConsistencySidecarConfigReloadFailed",
+        "ConsistencyTasksStalled",
     ] {
         assert!(
             alerts.iter().any(|a| a == expected),
@@ -102,6 +103,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
         "sidecar down",
         "tracker store down",
         "reload failed",
+        "tasks stalled",
     ] {
         let words: Vec<&str> = scenario.split(' ').collect();
         assert!(

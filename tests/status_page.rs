@@ -273,3 +273,69 @@ async fn status_page_shows_report_json_and_refreshes_itself() {
     assert_eq!(browser.failed_requests(), Vec::<String>::new());
     assert_eq!(browser.errors(), Vec::<String>::new(), "console errors");
 }
+
+#[tokio::test]
+async fn stalled_tasks_are_listed_in_report_json_and_on_the_page_oldest_first() {
+    // A backend whose tasks never leave their first stage: every task stalls.
+    let Some(backend) = StandIn::start(&["--seed", "5", "--polls-per-stage", "100000"]).await
+    else {
+        return;
+    };
+    let Some(mut browser) = Browser::launch() else {
+        return;
+    };
+    let sidecar = Sidecar::start(&backend.url(), "[tracker]\nstall_after = \"1s\"\n").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (_, _, body) = post_json(
+            &sidecar.url("/api/perform-brand-test"),
+            &format!(r#"{{"brand_list": ["brand-{n}"]}}"#),
+        )
+        .await;
+        let created: Value = serde_json::from_slice(&body).expect("task JSON");
+        let id = created["execution_id"].as_str().expect("id").to_string();
+        assert_eq!(
+            get(&sidecar.url(&format!("/test/status/{id}"))).await.0,
+            200
+        );
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Polled again, unchanged: each stalled, judged from when it was first seen.
+    for id in ids.iter().rev() {
+        let (status, _, body) = get(&sidecar.url(&format!("/test/status/{id}"))).await;
+        assert_eq!(status, 200);
+        let record: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(record["stage"], "init", "{record}");
+    }
+    let report = report(&sidecar).await;
+    let stalled = &report["stalled"];
+    assert_eq!(stalled["total"], 3, "{stalled}");
+    let listed: Vec<&str> = stalled["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["task_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(listed, ids, "the longest stalled first");
+    let first = &stalled["tasks"][0];
+    assert_eq!(first["route"], "task_status");
+    assert!(first["stalled_for_seconds"].as_u64() >= Some(1), "{first}");
+    assert!(
+        first["last_polled_seconds_ago"].as_u64() <= Some(1),
+        "{first}"
+    );
+
+    browser.open(&format!("{}status", sidecar.admin_url("/")));
+    browser.wait_until("the stalled tasks", Duration::from_secs(10), |b| {
+        let shown = b.evaluate(
+            "(document.querySelector('[data-key=\"stalled.tasks.0.task_id\"]') || {}).textContent || ''",
+        );
+        (shown == ids[0].as_str()).then_some(())
+    });
+    let total =
+        browser.evaluate("document.querySelector('[data-key=\"stalled.total\"]').textContent");
+    assert_eq!(total, "3");
+    assert_eq!(browser.errors(), Vec::<String>::new(), "console errors");
+}

@@ -402,3 +402,50 @@ fn the_shared_store_keys_are_checked_and_name_the_key() {
         assert!(!err.to_string().contains('\n'), "one line: {err}");
     }
 }
+
+#[test]
+fn the_stall_keys_are_checked_and_name_the_key() {
+    let config = check(
+        "[tracker]\nstall_after = \"5m\"\n[tracker.stall_after_stage]\nai_fetching = \"30m\"",
+    )
+    .unwrap()
+    .config;
+    assert_eq!(config.tracker.stall_after, Duration::from_secs(300));
+    assert_eq!(
+        *config.tracker.stall_after_stage["ai_fetching"],
+        Duration::from_secs(1800)
+    );
+    // Defaults: ten minutes, an hour, no per-stage override.
+    let default = Config::default().tracker;
+    assert_eq!(
+        (default.stall_after, default.abandon_after),
+        (Duration::from_secs(600), Duration::from_secs(3600))
+    );
+    assert!(default.stall_after_stage.is_empty());
+    let cases = [
+        (
+            "[tracker]\nstall_after = \"0s\"",
+            "tracker.stall_after: must be greater than 0s",
+        ),
+        (
+            "[tracker]\nabandon_after = \"2d\"",
+            "tracker.abandon_after: must be greater than 0s and at most tracker.ttl (1day), or a task is forgotten before it is found abandoned",
+        ),
+        (
+            "[tracker.stall_after_stage]\nai_fetch = \"30m\"",
+            "tracker.stall_after_stage.ai_fetch: \"ai_fetch\" is not in model.stages",
+        ),
+        (
+            "[tracker.stall_after_stage]\ninit = \"0s\"",
+            "tracker.stall_after_stage.init: must be greater than 0s",
+        ),
+        (
+            "[tracker.stall_after_stage]\ninit = 30",
+            "tracker.stall_after_stage.init: invalid type: integer `30`, expected a duration such as \"500ms\", \"30s\" or \"1h\"",
+        ),
+    ];
+    for (text, line) in cases {
+        let err = check(text).expect_err(text);
+        assert_eq!(format!("{err}"), format!("config error: {line}"), "{text}");
+    }
+}

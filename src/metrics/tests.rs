@@ -43,6 +43,11 @@ fn every_family_of_the_design_is_registered() {
         "consistency_tracker_evictions_total",
         "consistency_tracker_store_errors_total",
         "consistency_tracker_store_up",
+        "consistency_stalled_tasks",
+        "consistency_tasks_stalled_total",
+        "consistency_tasks_recovered_total",
+        "consistency_tasks_abandoned_total",
+        "consistency_stage_duration_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
@@ -73,6 +78,9 @@ fn configured_label_combinations_exist_at_zero() {
         r#"consistency_tracker_store_errors_total{reason="connection"} 0"#,
         r#"consistency_tracker_store_errors_total{reason="down"} 0"#,
         "consistency_tracker_store_up 1",
+        r#"consistency_stalled_tasks{route="task_status",stage="ai_fetching"} 0"#,
+        r#"consistency_tasks_abandoned_total{route="test_progress",stage="init"} 0"#,
+        r#"consistency_stage_duration_seconds_bucket{route="task_status",stage="ai_fetching",le="1800"} 0"#,
     ] {
         assert!(text.contains(line), "missing: {line}");
     }

@@ -30,6 +30,8 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
     pub proxy: ProxyStatus,
     pub tracker: TrackerStatus,
+    /// Tasks standing still, and how long each stage takes.
+    pub stalled: StalledStatus,
     pub history: HistoryStatus,
     /// The last configuration reload; none when the sidecar has nothing to reload from.
     pub config: Option<ConfigStatus>,
@@ -121,6 +123,41 @@ pub struct TrackerStatus {
     pub store_errors: BTreeMap<String, u64>,
 }
 
+/// Stalled tasks now (observation only: no response is changed for them) and stage durations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StalledStatus {
+    /// Stalled tasks now, all routes and stages.
+    pub total: u64,
+    /// The longest stalled first, at most a few dozen (filled by the admin server from the
+    /// task memory: ids are never metric labels).
+    pub tasks: Vec<StalledRow>,
+    /// Per route and stage left, from `consistency_stage_duration_seconds`.
+    pub stage_durations: Vec<StageDuration>,
+}
+
+/// One stalled task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StalledRow {
+    pub route: String,
+    pub task_id: String,
+    pub stage: String,
+    pub progress: Option<f64>,
+    /// Since its state last changed (or it was first seen).
+    pub stalled_for_seconds: u64,
+    pub last_polled_seconds_ago: u64,
+}
+
+/// How long tasks stayed in one stage, estimated from the histogram's buckets as
+/// Prometheus's `histogram_quantile` does (linear within a bucket).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageDuration {
+    pub route: String,
+    pub stage: String,
+    pub observed: u64,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+}
+
 /// The ratio over the last minutes: one sample per `every_seconds`, `span_seconds` at most.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryStatus {
@@ -190,10 +227,74 @@ impl Status {
                 store_up: count("consistency_tracker_store_up") == 1,
                 store_errors: series.by("consistency_tracker_store_errors_total", &[], "reason"),
             },
+            stalled: StalledStatus {
+                total: count("consistency_stalled_tasks"),
+                tasks: Vec::new(),
+                stage_durations: stage_durations(registry),
+            },
             history: book.history(),
             config: None,
         }
     }
+}
+
+/// Every (route, stage) of the stage histogram with observations, with its p50 and p99.
+fn stage_durations(registry: &Registry) -> Vec<StageDuration> {
+    let mut out = Vec::new();
+    let families = registry.gather();
+    let Some(family) = families
+        .iter()
+        .find(|f| f.name() == "consistency_stage_duration_seconds")
+    else {
+        return out;
+    };
+    for metric in family.get_metric() {
+        let histogram = metric.get_histogram();
+        let observed = histogram.get_sample_count();
+        if observed == 0 {
+            continue;
+        }
+        let label = |name: &str| {
+            metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map_or_else(String::new, |l| l.value().to_string())
+        };
+        let buckets: Vec<(f64, u64)> = histogram
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        out.push(StageDuration {
+            route: label("route"),
+            stage: label("stage"),
+            observed,
+            p50_seconds: quantile(0.5, &buckets, observed),
+            p99_seconds: quantile(0.99, &buckets, observed),
+        });
+    }
+    out
+}
+
+/// The `q` quantile of `observed` samples in cumulative `buckets` (upper bound, count),
+/// linear within its bucket; past the last bound, that bound.
+fn quantile(q: f64, buckets: &[(f64, u64)], observed: u64) -> f64 {
+    let rank = q * observed as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            let within = (count - lower.1) as f64;
+            let share = if within > 0.0 {
+                (rank - lower.1 as f64) / within
+            } else {
+                1.0
+            };
+            return lower.0 + (bound - lower.0) * share;
+        }
+        lower = (bound, count);
+    }
+    lower.0
 }
 
 fn route_status(series: &Series, name: &str, mode: Mode, tracked: bool) -> RouteStatus {

@@ -373,3 +373,68 @@ async fn an_inconsistent_task_status_is_fixed_through_the_stack() {
     );
     assert_eq!(requests(&sidecar, "2xx", "task_status"), 1.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_task_is_counted_and_its_responses_pass_byte_for_byte() {
+    const STUCK: &str = r#"{"task_id": "t9", "status": "running", "stage": "ai_fetching", "progress": 25, "is_completed": false}"#;
+    let sidecar = sidecar(|config| config.tracker.stall_after = Duration::from_secs(60));
+    let upstream = service_fn(|_: Request<ProxyBody>| async {
+        let mut response = ok(full(STUCK));
+        let headers = response.headers_mut();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("content-length", HeaderValue::from(STUCK.len()));
+        Ok::<_, UpstreamError>(response)
+    });
+    let stalled = |sidecar: &Sidecar| {
+        metric(
+            sidecar,
+            "consistency_stalled_tasks",
+            &[("route", "task_status"), ("stage", "ai_fetching")],
+        )
+    };
+    // Polled every 10 s for two minutes: stalled from the 60 s poll on.
+    for poll in 0..=12 {
+        if poll > 0 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        let response = sidecar
+            .app_with(upstream)
+            .oneshot(get("/test/status/t9"))
+            .await
+            .expect("response");
+        assert_eq!(
+            response.headers()["content-length"],
+            STUCK.len().to_string().as_str()
+        );
+        assert!(response.headers().get("x-consistency-fixed").is_none());
+        let body = read(response.into_body()).await.expect("whole body");
+        assert_eq!(
+            body,
+            STUCK.as_bytes(),
+            "observation only: the bytes are the upstream's"
+        );
+        assert_eq!(
+            stalled(&sidecar),
+            if poll >= 6 { 1.0 } else { 0.0 },
+            "poll {poll}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &sidecar,
+            "consistency_tasks_stalled_total",
+            &[("route", "task_status"), ("stage", "ai_fetching")],
+        ),
+        1.0
+    );
+    assert_eq!(stalled(&sidecar), 1.0);
+    assert_eq!(
+        metric(
+            &sidecar,
+            "consistency_stalled_tasks",
+            &[("route", "test_progress"), ("stage", "init")],
+        ),
+        0.0,
+        "every stage of every tracked route is shown, at zero"
+    );
+}

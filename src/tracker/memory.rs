@@ -1,5 +1,7 @@
 //! `TaskTracker`: the sharded, bounded memory of what was sent for each task, per route.
 
+use std::cmp::Ordering as Order;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,7 +11,8 @@ use arc_swap::ArcSwap;
 
 use tokio::time::Instant;
 
-use super::shard::{Changes, Clock, Key, Shard};
+use super::shard::{Changes, Clock, Key, Shard, StalledEntry};
+use super::stall::{Activity, ActivityMetrics, StallLimits, StalledTask};
 use super::transition::{Snapshot, Transitions};
 use crate::config::TrackerConfig;
 use crate::engine::{ModelConfig, RecordState, TransitionFinding, TransitionJudge};
@@ -48,10 +51,21 @@ pub struct TaskTracker {
     hasher: RandomState,
     /// Swapped by a reload that changes `[tracker.rules]`; the model stays (restart-only).
     transitions: ArcSwap<Transitions>,
+    /// Swapped by every reload: the stall limits are reloadable.
+    limits: ArcSwap<StallLimits>,
+    activity: ActivityMetrics,
+    /// Beside a shared store, which judges activity for every replica: this memory then
+    /// neither counts activity nor abandons tasks (it sees only this replica's polls).
+    quiet: bool,
+    /// The Unix time of `epoch`, in ms: the shared store's clock.
+    unix_epoch_ms: u64,
     capacity: usize,
     ttl_ms: u64,
     /// Time zero of the entries' `seen_ms`.
     epoch: Instant,
+    /// Moves this tracker's clock forward, for tests whose Redis I/O cannot run in paused time.
+    #[cfg(test)]
+    skew_ms: AtomicU64,
     tracked: AtomicUsize,
     evicted_capacity: AtomicU64,
     evicted_ttl: AtomicU64,
@@ -73,6 +87,28 @@ pub struct RouteMemory<'a> {
     tracker: &'a TaskTracker,
     route: u16,
     now_ms: u64,
+}
+
+/// The stalled tasks now: how many per (route, stage), and the longest stalled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StalledNow {
+    /// (route, stage, tasks), only where there are some.
+    pub counts: Vec<(String, String, u64)>,
+    /// The longest stalled first, at most as many as asked for.
+    pub oldest: Vec<StalledTask>,
+}
+
+/// A stalled entry kept while looking for the longest stalled: ordered by when its state last
+/// changed, so that a max-heap of them holds the oldest stalls and drops the youngest.
+#[derive(Debug)]
+struct Oldest {
+    changed_ms: u64,
+    route: u16,
+    id: Box<str>,
+    stage: u16,
+    progress: f64,
+    first_ms: u64,
+    seen_ms: u64,
 }
 
 // === impl EvictionReason ===
@@ -106,11 +142,19 @@ impl TaskTracker {
                 .collect(),
             hasher: RandomState::new(),
             transitions: ArcSwap::from_pointee(Transitions::new(config, model)),
+            limits: ArcSwap::from_pointee(StallLimits::new(config, model)),
+            activity: ActivityMetrics::new().expect("the activity metric names are valid"),
+            quiet: false,
+            unix_epoch_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             capacity,
             ttl_ms: u64::try_from(config.ttl.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
             epoch: Instant::now(),
+            #[cfg(test)]
+            skew_ms: AtomicU64::new(0),
             tracked: AtomicUsize::new(0),
             evicted_capacity: AtomicU64::new(0),
             evicted_ttl: AtomicU64::new(0),
@@ -223,10 +267,162 @@ impl TaskTracker {
         self.transitions.load_full()
     }
 
-    /// New transition rules, from a reload; what is remembered stays.
+    /// New transition rules and stall limits, from a reload; what is remembered stays.
     pub fn set_rules(&self, config: &TrackerConfig, model: &ModelConfig) {
         self.transitions
             .store(Arc::new(Transitions::new(config, model)));
+        self.limits.store(Arc::new(StallLimits::new(config, model)));
+    }
+
+    /// Leaves activity to a shared store: see `quiet`.
+    pub(crate) fn set_quiet(&mut self) {
+        self.quiet = true;
+    }
+
+    /// The stall limits of the current configuration.
+    pub(crate) fn limits(&self) -> Arc<StallLimits> {
+        self.limits.load_full()
+    }
+
+    /// Now, in Unix ms, by this tracker's clock.
+    pub(crate) fn unix_ms(&self) -> u64 {
+        self.unix_epoch_ms.saturating_add(self.now_ms())
+    }
+
+    /// Counts activity the shared store judged on a task of route `route`.
+    pub(crate) fn record_shared(&self, route: &str, activity: Activity) {
+        let transitions = self.transitions.load();
+        self.activity
+            .record(route, activity, |stage| transitions.stage_label(stage));
+    }
+
+    /// The activity families, which the tracker's collector gathers.
+    pub(crate) fn activity(&self) -> &ActivityMetrics {
+        &self.activity
+    }
+
+    /// Creates the activity series of every route in `names` at zero.
+    pub(crate) fn touch_routes(&self, names: &[&str]) {
+        let transitions = self.transitions.load();
+        for name in names {
+            self.activity.touch(name, transitions.stages());
+        }
+    }
+
+    /// Forgets every non-terminal task nobody polled for `tracker.abandon_after`, counting
+    /// each once; returns how many. Called by the periodic upkeep.
+    pub fn abandon_idle(&self) -> usize {
+        if self.quiet {
+            return 0;
+        }
+        let now_ms = self.now_ms();
+        let limits = self.limits.load();
+        let rehash = |route: u16, id: &str| self.hash(route, id);
+        let mut abandoned = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = self.lock(&shard.0);
+            let gone = shard.abandon(now_ms, &limits, &rehash);
+            self.count(Changes {
+                removed: gone.len() as u32,
+                ..Changes::default()
+            });
+            abandoned.extend(gone);
+        }
+        if !abandoned.is_empty() {
+            let transitions = self.transitions.load();
+            let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+            for (route, stage) in &abandoned {
+                if let Some(Some(name)) = routes.get(usize::from(*route)) {
+                    self.activity
+                        .abandoned
+                        .with_label_values(&[&**name, &transitions.stage_label(*stage)])
+                        .inc();
+                }
+            }
+        }
+        abandoned.len()
+    }
+
+    /// The stalled tasks now: counted per (route, stage), and the `keep` longest stalled.
+    /// Looks at every task (a scrape or a report asks, not a poll).
+    pub fn stalled(&self, keep: usize) -> StalledNow {
+        let now_ms = self.now_ms();
+        let mut counts: HashMap<(u16, u16), u64> = HashMap::new();
+        let mut oldest: BinaryHeap<Oldest> = BinaryHeap::with_capacity(keep + 1);
+        for shard in self.shards.iter() {
+            self.lock(&shard.0).each_stalled(|entry: StalledEntry<'_>| {
+                *counts.entry((entry.route, entry.stage)).or_default() += 1;
+                if keep == 0
+                    || oldest.len() == keep
+                        && oldest
+                            .peek()
+                            .is_some_and(|young| young.changed_ms <= entry.changed_ms)
+                {
+                    return;
+                }
+                oldest.push(Oldest {
+                    changed_ms: entry.changed_ms,
+                    route: entry.route,
+                    id: entry.id.into(),
+                    stage: entry.stage,
+                    progress: entry.progress,
+                    first_ms: entry.first_ms,
+                    seen_ms: entry.seen_ms,
+                });
+                if oldest.len() > keep {
+                    oldest.pop();
+                }
+            });
+        }
+        let transitions = self.transitions.load();
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let name = |route: u16| routes.get(usize::from(route)).cloned().flatten();
+        let mut counts: Vec<(String, String, u64)> = counts
+            .into_iter()
+            .filter_map(|((route, stage), n)| {
+                Some((name(route)?.into(), transitions.stage_label(stage), n))
+            })
+            .collect();
+        counts.sort();
+        let oldest = oldest
+            .into_sorted_vec()
+            .into_iter()
+            .filter_map(|task| {
+                Some(StalledTask {
+                    route: name(task.route)?.into(),
+                    task_id: task.id.into(),
+                    stage: transitions.stage_label(task.stage),
+                    progress: (!task.progress.is_nan()).then_some(task.progress),
+                    stalled_for_ms: now_ms.saturating_sub(task.changed_ms),
+                    polled_ago_ms: now_ms.saturating_sub(task.seen_ms),
+                    tracked_for_ms: now_ms.saturating_sub(task.first_ms),
+                })
+            })
+            .collect();
+        StalledNow { counts, oldest }
+    }
+
+    /// The names of the routes memory is kept for now.
+    pub(crate) fn route_names(&self) -> Vec<String> {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes
+            .iter()
+            .flatten()
+            .map(|name| name.to_string())
+            .collect()
+    }
+
+    /// Counts one poll's activity on a task of the route whose memory id is `route`.
+    fn record(&self, route: u16, activity: Activity) {
+        if self.quiet || activity == Activity::default() {
+            return;
+        }
+        let transitions = self.transitions.load();
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Some(name)) = routes.get(usize::from(route)) {
+            self.activity
+                .record(name, activity, |stage| transitions.stage_label(stage));
+        }
     }
 
     fn judge(
@@ -255,6 +451,7 @@ impl TaskTracker {
     fn remember(&self, route: u16, now_ms: u64, task_id: &str, sent: &RecordState) {
         let key = self.key(route, task_id);
         let sent = self.transitions.load().snapshot(sent);
+        let limits = self.limits.load();
         let rehash = |route: u16, id: &str| self.hash(route, id);
         let mut shard = self.lock(self.shard(key.hash));
         let admit = || {
@@ -264,8 +461,10 @@ impl TaskTracker {
                 })
                 .is_ok()
         };
-        let changes = shard.put(key, sent, self.clock(now_ms), admit, rehash);
+        let changes = shard.put(key, sent, self.clock(now_ms), &limits, admit, rehash);
         self.count(changes);
+        drop(shard);
+        self.record(route, changes.activity);
     }
 
     /// Called with the shard still locked, so that an entry's addition is always counted
@@ -320,12 +519,22 @@ impl TaskTracker {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(
+        let now = u64::try_from(
             Instant::now()
                 .saturating_duration_since(self.epoch)
                 .as_millis(),
         )
-        .unwrap_or(u64::MAX)
+        .unwrap_or(u64::MAX);
+        #[cfg(test)]
+        let now = now.saturating_add(self.skew_ms.load(Ordering::Relaxed));
+        now
+    }
+
+    /// Moves this tracker's clock forward by `by`.
+    #[cfg(test)]
+    pub(crate) fn skew(&self, by: std::time::Duration) {
+        self.skew_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn clock(&self, now_ms: u64) -> Clock {
@@ -365,6 +574,28 @@ impl fmt::Debug for TaskTracker {
 fn shard_count(capacity: usize) -> usize {
     let wanted = (capacity / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
     1 << wanted.ilog2()
+}
+
+// === impl Oldest ===
+
+impl PartialEq for Oldest {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Order::Equal
+    }
+}
+
+impl Eq for Oldest {}
+
+impl PartialOrd for Oldest {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Oldest {
+    fn cmp(&self, other: &Self) -> Order {
+        (self.changed_ms, self.route, &self.id).cmp(&(other.changed_ms, other.route, &other.id))
+    }
 }
 
 // === impl RouteMemory ===

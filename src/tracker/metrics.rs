@@ -24,7 +24,10 @@ pub struct TrackerCollector {
 // === impl TrackerCollector ===
 
 impl TrackerCollector {
-    /// Registers `consistency_tracked_tasks` and `consistency_tracker_evictions_total{reason}`.
+    /// Registers `consistency_tracked_tasks`, `consistency_tracker_evictions_total{reason}`
+    /// and the activity families: `consistency_stalled_tasks{route,stage}`,
+    /// `consistency_tasks_{stalled,recovered,abandoned}_total{route,stage}` and
+    /// `consistency_stage_duration_seconds{route,stage}`.
     pub fn register(registry: &Registry, memory: Arc<TaskMemory>) -> prometheus::Result<()> {
         let tracked = IntGauge::new(
             "consistency_tracked_tasks",
@@ -41,6 +44,7 @@ impl TrackerCollector {
             .desc()
             .into_iter()
             .chain(evictions.desc())
+            .chain(memory.local().activity().descs())
             .cloned()
             .collect();
         registry.register(Box::new(TrackerCollector {
@@ -50,6 +54,25 @@ impl TrackerCollector {
             descs,
             collecting: Mutex::new(()),
         }))
+    }
+}
+
+impl TrackerCollector {
+    /// `consistency_stalled_tasks`: every stage of every tracked route, at zero where none is
+    /// stalled, so that a healthy sidecar still shows the series.
+    fn set_stalled(&self, memory: &TaskMemory) {
+        let tracker = memory.local();
+        let gauge = &tracker.activity().stalled_now;
+        gauge.reset();
+        let stages = tracker.transitions();
+        for route in tracker.route_names() {
+            for stage in stages.stages() {
+                gauge.with_label_values(&[route.as_str(), stage]).set(0);
+            }
+        }
+        for (route, stage, n) in memory.stalled(0).counts {
+            gauge.with_label_values(&[&route, &stage]).set(n as i64);
+        }
     }
 }
 
@@ -70,8 +93,10 @@ impl Collector for TrackerCollector {
             counter.reset();
             counter.inc_by(tracker.evictions(reason));
         }
+        self.set_stalled(&self.memory);
         let mut families = self.tracked.collect();
         families.extend(self.evictions.collect());
+        families.extend(tracker.activity().collect());
         families
     }
 }

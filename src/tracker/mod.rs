@@ -10,6 +10,8 @@
 //!   (least recently seen evicted) and `tracker.ttl`.
 //! - `transition`: the model's codes, the merge of what was sent, the four rules.
 //! - `store`: [`TaskMemory`], local memory or Redis shared by every replica (`tracker.store`).
+//! - `stall`: stalled and abandoned tasks and stage durations, judged from each task's
+//!   timestamps (first seen, last changed, last polled); observation only.
 //! - `redis`: the Redis side: `judge.lua` (judge-and-remember in one atomic call) and
 //!   `correct.lua`, the connection, failures counted and probed.
 
@@ -17,12 +19,14 @@ mod memory;
 mod metrics;
 mod redis;
 mod shard;
+mod stall;
 mod store;
 mod transition;
 
-pub use memory::{EvictionReason, RouteMemory, TaskTracker};
+pub use memory::{EvictionReason, RouteMemory, StalledNow, TaskTracker};
 pub use metrics::TrackerCollector;
 pub use redis::check_url as check_redis_url;
+pub use stall::{StalledTask, LISTED as STALLED_LISTED};
 pub use store::{MemoryRoute, StoreErrorReason, StoreMetrics, TaskMemory};
 pub use transition::rule_labels;
 

@@ -1,9 +1,11 @@
 //! The shared task memory on Redis: one script call per response reads and writes all its
 //! tracked records atomically; any failure is counted and leaves the response to local memory.
+//! The same call keeps each task's timestamps and the stall indexes, and an upkeep call about
+//! once a second forgets abandoned tasks and reads the stalled ones, so any replica can answer.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -11,8 +13,9 @@ use redis::{Client, ErrorKind, RedisError, Script, ScriptInvocation};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use super::stall::{Activity, ActivityMetrics, StallLimits};
 use super::store::{StoreErrorReason, StoreMetrics};
-use super::transition::{Snapshot, UNKNOWN};
+use super::transition::{Snapshot, Transitions, FAILED, UNKNOWN};
 use crate::config::TrackerConfig;
 use crate::engine::ModelConfig;
 
@@ -22,6 +25,9 @@ const STATE_UNKNOWN: u8 = 0;
 const STATE_UP: u8 = 1;
 /// The last call failed: responses go to local memory without waiting, a probe retries.
 const STATE_DOWN: u8 = 2;
+
+/// The value format, fed to the fingerprint: replicas writing another format keep apart.
+const FORMAT: &[u8] = b"v2: stage status first changed since stalled progress";
 
 /// Checks a `tracker.redis_url` the way the client will read it; the problem in one line.
 pub fn check_url(url: &str) -> Result<(), String> {
@@ -57,6 +63,7 @@ pub(crate) struct RedisStore {
     connection: OnceCell<ConnectionManager>,
     judge: Script,
     correct: Script,
+    upkeep: Script,
     prefix: String,
     /// Of the model the codes in the values refer to: replicas with another model (during a
     /// rollout that changes `[model]`) keep apart instead of misreading each other's codes.
@@ -69,9 +76,39 @@ pub(crate) struct RedisStore {
     state: AtomicU8,
     probing: AtomicBool,
     metrics: StoreMetrics,
+    activity: ActivityMetrics,
+    /// For the stage labels: the model is restart-only, so the one at start names them.
+    transitions: Arc<Transitions>,
+    /// The tracked routes' names, set by each configuration.
+    routes: Mutex<Vec<Arc<str>>>,
+    /// What the last upkeep read of the stalled tasks.
+    view: Mutex<SharedStalls>,
+    /// Held by the upkeep in flight: one at a time per replica.
+    upkeeping: tokio::sync::Mutex<()>,
     /// Keys corrected so far: the tests check that the script's predictions hold.
     #[cfg(test)]
     corrected: std::sync::atomic::AtomicU64,
+}
+
+/// The stalled tasks in the shared memory, as the last upkeep read them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedStalls {
+    /// (route, stage, tasks).
+    pub counts: Vec<(String, String, u64)>,
+    /// The longest stalled first, times in Unix ms.
+    pub oldest: Vec<SharedStalled>,
+}
+
+/// A stalled task of the shared memory.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SharedStalled {
+    pub route: String,
+    pub task_id: String,
+    pub stage: String,
+    pub progress: Option<f64>,
+    pub changed_ms: u64,
+    pub polled_ms: u64,
+    pub first_ms: u64,
 }
 
 /// A tracked record as the first pass saw it: its task, and what it would be judged on.
@@ -90,6 +127,8 @@ pub(crate) struct Exchanged {
     pub prev: Option<Snapshot>,
     /// The value stored for this record, encoded.
     pub stored: String,
+    /// What this poll did to the task's activity.
+    pub activity: Activity,
 }
 
 /// A value to put in place of one the judge script stored, unless the key changed since.
@@ -115,15 +154,18 @@ impl RedisStore {
     pub fn new(
         config: &TrackerConfig,
         model: &ModelConfig,
-        failed_rank: usize,
+        transitions: Arc<Transitions>,
         metrics: StoreMetrics,
+        activity: ActivityMetrics,
     ) -> Result<RedisStore, RedisError> {
         metrics.up.set(0);
+        let failed_rank = transitions.failed_rank();
         Ok(RedisStore {
             client: Client::open(config.redis_url.as_str())?,
             connection: OnceCell::new(),
             judge: Script::new(include_str!("judge.lua")),
             correct: Script::new(include_str!("correct.lua")),
+            upkeep: Script::new(include_str!("upkeep.lua")),
             prefix: config.key_prefix.clone(),
             fingerprint: format!("{:08x}", fingerprint(model)),
             ttl_ms: u64::try_from(config.ttl.as_millis())
@@ -136,6 +178,11 @@ impl RedisStore {
             state: AtomicU8::new(STATE_UNKNOWN),
             probing: AtomicBool::new(false),
             metrics,
+            activity,
+            transitions,
+            routes: Mutex::new(Vec::new()),
+            view: Mutex::new(SharedStalls::default()),
+            upkeeping: tokio::sync::Mutex::new(()),
             #[cfg(test)]
             corrected: std::sync::atomic::AtomicU64::new(0),
         })
@@ -157,11 +204,134 @@ impl RedisStore {
         true
     }
 
-    /// Background upkeep: connects early, and keeps a probe running while the store is down.
-    pub fn maintain(self: &Arc<Self>) {
+    /// Background upkeep: connects early, and keeps a probe running while the store is down;
+    /// while it is up, forgets abandoned tasks and reads the stalled ones (see `upkeep.lua`).
+    pub fn maintain(self: &Arc<Self>, limits: Arc<StallLimits>, now_ms: u64) {
         if self.state.load(Ordering::Acquire) != STATE_UP {
             self.start_probe();
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = Arc::clone(self);
+        runtime.spawn(async move {
+            // One at a time: a slow Redis does not pile up sweeps.
+            if let Ok(_one) = store.upkeeping.try_lock() {
+                store.upkeep(&limits, now_ms).await;
+            }
+        });
+    }
+
+    /// Waits for the upkeep in flight, then runs one.
+    #[cfg(test)]
+    pub async fn settle(self: &Arc<Self>, limits: &StallLimits, now_ms: u64) {
+        let _one = self.upkeeping.lock().await;
+        self.upkeep(limits, now_ms).await;
+    }
+
+    /// The tracked routes of a new configuration, whose indexes the upkeep looks at.
+    pub fn set_routes(&self, names: &[&str]) {
+        *self.routes.lock().unwrap_or_else(PoisonError::into_inner) =
+            names.iter().map(|&name| Arc::from(name)).collect();
+    }
+
+    /// What the last upkeep read of the stalled tasks, or `None` while the store is not up.
+    pub fn stalls(&self) -> Option<SharedStalls> {
+        (self.state.load(Ordering::Acquire) == STATE_UP).then(|| {
+            self.view
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// One upkeep call: counts the tasks it abandoned and keeps what it read of the stalled.
+    async fn upkeep(self: &Arc<Self>, limits: &StallLimits, now_ms: u64) {
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if routes.is_empty() {
+            return;
+        }
+        let mut stages: Vec<String> = (0..self.transitions.stages().len())
+            .map(|code| code.to_string())
+            .collect();
+        stages.extend([FAILED.to_string(), UNKNOWN.to_string()]);
+        let mut call = self.upkeep.prepare_invoke();
+        call.arg(now_ms)
+            .arg(limits.abandon_ms)
+            .arg(super::stall::LISTED)
+            .arg(limits.terminal_arg())
+            .arg(stages.join(","));
+        for route in &routes {
+            let (head, tail) = self.index_names(route);
+            call.arg(head).arg(tail).arg(self.key(route, ""));
+        }
+        let deadline = Instant::now() + self.timeout;
+        let Some(lines) = self.call::<Vec<String>>(&call, deadline).await else {
+            return;
+        };
+        let label = |code: &str| {
+            code.parse().map_or_else(
+                |_| "unknown".to_owned(),
+                |code| self.transitions.stage_label(code),
+            )
+        };
+        let mut view = SharedStalls::default();
+        for line in &lines {
+            let mut fields = line.splitn(8, ' ');
+            let kind = fields.next();
+            let route = fields
+                .next()
+                .and_then(|r| r.parse::<usize>().ok())
+                .and_then(|r| routes.get(r.checked_sub(1)?));
+            let (Some(kind), Some(route), Some(stage)) = (kind, route, fields.next()) else {
+                continue;
+            };
+            let stage = label(stage);
+            match kind {
+                "a" => self
+                    .activity
+                    .abandoned
+                    .with_label_values(&[&**route, stage.as_str()])
+                    .inc(),
+                "c" => {
+                    if let Some(n) = fields.next().and_then(|n| n.parse().ok()) {
+                        view.counts.push((route.to_string(), stage, n));
+                    }
+                }
+                _ => {
+                    let mut time = || {
+                        fields
+                            .next()
+                            .and_then(|t| t.parse::<f64>().ok())
+                            .map_or(0, |t| t as u64)
+                    };
+                    let (changed_ms, polled_ms, first_ms) = (time(), time(), time());
+                    let progress = fields.next().and_then(|p| p.parse().ok());
+                    if let Some(id) = fields.next() {
+                        view.oldest.push(SharedStalled {
+                            route: route.to_string(),
+                            task_id: id.to_owned(),
+                            stage,
+                            progress,
+                            changed_ms,
+                            polled_ms,
+                            first_ms,
+                        });
+                    }
+                }
+            }
+        }
+        view.counts.sort();
+        view.oldest.sort_by(|a, b| {
+            (a.changed_ms, &a.route, &a.task_id).cmp(&(b.changed_ms, &b.route, &b.task_id))
+        });
+        view.oldest.truncate(super::stall::LISTED);
+        *self.view.lock().unwrap_or_else(PoisonError::into_inner) = view;
     }
 
     /// Judge-and-remember for the tracked records of one response of `route`: what Redis held
@@ -172,13 +342,22 @@ impl RedisStore {
         route: &str,
         holds: Holds,
         records: &[Candidate],
+        clock: (&StallLimits, u64),
         deadline: Instant,
     ) -> Option<Vec<Exchanged>> {
+        let (limits, now_ms) = clock;
+        let (head, tail) = self.index_names(route);
         let mut call = self.judge.prepare_invoke();
         call.arg(self.ttl_ms)
             .arg(self.failed_rank)
             .arg(u8::from(holds.stage))
-            .arg(u8::from(holds.progress));
+            .arg(u8::from(holds.progress))
+            .arg(now_ms)
+            .arg(limits.limits_arg())
+            .arg(limits.terminal_arg())
+            .arg(head)
+            .arg(tail)
+            .arg(self.key(route, "").len());
         for record in records {
             call.key(self.key(route, &record.task_id))
                 .arg(record.now.stage)
@@ -318,6 +497,16 @@ impl RedisStore {
         key.into_bytes()
     }
 
+    /// The names of a route's indexes before and after `polled` or `stalled.<stage>`:
+    /// `<key_prefix><route>.` and `:<fingerprint>`. Route names have no '.', so no task key
+    /// (`<key_prefix><route>:...`) starts like an index.
+    fn index_names(&self, route: &str) -> (String, String) {
+        (
+            format!("{}{route}.", self.prefix),
+            format!(":{}", self.fingerprint),
+        )
+    }
+
     /// The probe's own key: no route is called `probe:`-anything, as route names have no colon.
     fn probe_key(&self) -> String {
         format!("{}probe", self.prefix)
@@ -348,6 +537,13 @@ async fn probe(store: Weak<RedisStore>) {
         call.arg(store.ttl_ms)
             .arg(store.failed_rank)
             .arg(0)
+            .arg(0)
+            // No clock, no limits, no indexes: the probe's key is no task.
+            .arg(0)
+            .arg("1")
+            .arg("")
+            .arg("")
+            .arg("")
             .arg(0)
             .key(store.probe_key())
             .arg(UNKNOWN)
@@ -383,31 +579,61 @@ fn reason(err: &RedisError) -> StoreErrorReason {
     }
 }
 
-/// The judge script's answer: a value read (or nil) and a value stored, per record.
+/// The judge script's answer: a value read (or nil), a value stored and the activity, per
+/// record.
 fn parse_exchange(reply: Vec<Option<String>>, records: usize) -> Option<Vec<Exchanged>> {
-    if reply.len() != 2 * records {
+    if reply.len() != 3 * records {
         return None;
     }
     let mut out = Vec::with_capacity(records);
     let mut reply = reply.into_iter();
-    while let (Some(prev), Some(stored)) = (reply.next(), reply.next()) {
+    while let (Some(prev), Some(stored), Some(activity)) =
+        (reply.next(), reply.next(), reply.next())
+    {
         out.push(Exchanged {
             // A value the script read but this build cannot is a task starting afresh.
             prev: prev.as_deref().and_then(decode),
             stored: stored?,
+            activity: parse_activity(&activity?)?,
         });
     }
     Some(out)
 }
 
-/// A memory as a value: `<stage>:<status>:<progress>`, progress empty when never sent.
-pub(crate) fn encode(memory: &Snapshot) -> String {
-    let mut value = format!("{}:{}:", memory.stage, memory.status);
+/// `<stalled in stage>,<recovered from stage>,<left stage>,<ms in it>`, each empty if not.
+fn parse_activity(text: &str) -> Option<Activity> {
+    let mut fields = text.split(',');
+    let mut code = || -> Option<Option<u16>> {
+        match fields.next()? {
+            "" => Some(None),
+            code => code.parse().ok().map(Some),
+        }
+    };
+    let (stalled, recovered, left) = (code()?, code()?, code()?);
+    let left = match (left, fields.next()?) {
+        (Some(stage), ms) => Some((stage, ms.parse().ok()?)),
+        (None, _) => None,
+    };
+    Some(Activity {
+        stalled,
+        recovered,
+        left,
+    })
+}
+
+/// `stored` (a value the judge script wrote) with `memory` in place of its state: its
+/// timestamps stay. `None` if `stored` is not a value of ours.
+pub(crate) fn restate(stored: &str, memory: &Snapshot) -> Option<String> {
+    let mut parts = stored.splitn(7, ':');
+    let (_, _) = (parts.next()?, parts.next()?);
+    let times: Vec<&str> = parts.by_ref().take(4).collect();
+    parts.next()?;
+    let mut value = format!("{}:{}:{}:", memory.stage, memory.status, times.join(":"));
     if !memory.progress.is_nan() {
         // `Display` of an f64 is the shortest text that parses back to the same number.
         let _ = write!(value, "{}", memory.progress);
     }
-    value
+    Some(value)
 }
 
 fn encode_progress(progress: f64) -> String {
@@ -418,9 +644,10 @@ fn encode_progress(progress: f64) -> String {
     }
 }
 
-/// The inverse of [`encode`]; `None` for anything else.
+/// The state in a value: `<stage>:<status>:<first>:<changed>:<since>:<stalled>:<progress>`,
+/// progress empty when never sent. `None` for anything else.
 pub(crate) fn decode(value: &str) -> Option<Snapshot> {
-    let mut parts = value.splitn(3, ':');
+    let mut parts = value.splitn(7, ':');
     let code = |part: Option<&str>| -> Option<u16> {
         let part = part?;
         // Digits only, as the script reads them (`u16::from_str` would also take a '+').
@@ -431,6 +658,15 @@ pub(crate) fn decode(value: &str) -> Option<Snapshot> {
     };
     let stage = code(parts.next())?;
     let status = code(parts.next())?;
+    for _ in 0..3 {
+        let time = parts.next()?;
+        if time.is_empty() || !time.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    if !matches!(parts.next()?, "0" | "1") {
+        return None;
+    }
     let progress = match parts.next()? {
         "" => f64::NAN,
         text => text.parse().ok().filter(|p: &f64| p.is_finite())?,
@@ -452,6 +688,7 @@ fn fingerprint(model: &ModelConfig) -> u32 {
             hash = hash.wrapping_mul(0x0100_0193);
         }
     };
+    feed(FORMAT);
     for stage in &model.stages {
         feed(stage.as_bytes());
         feed(b"\n");

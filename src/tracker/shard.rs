@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::transition::Snapshot;
+use super::stall::{Activity, StallLimits};
+use super::transition::{Snapshot, UNKNOWN};
 
 /// End of a list.
 const NIL: u32 = u32::MAX;
@@ -29,21 +30,33 @@ pub(crate) struct Shard {
     /// Free slots (left by TTL expiry), chained through `next`.
     free: u32,
     len: u32,
+    /// The newest entry known to be terminal and unpolled for `abandon_after`, every entry
+    /// behind it too: the abandonment sweep starts in front of it rather than at the tail, so
+    /// finished tasks waiting for their TTL are looked at once, not once per sweep.
+    checked: u32,
 }
 
-/// One remembered task: 48 bytes plus the id's heap allocation. The snapshot is stored flat,
+/// One remembered task: 72 bytes plus the id's heap allocation. The snapshot is stored flat,
 /// since a nested struct would bring its own padding.
 #[derive(Debug)]
 struct Slot {
     id: Box<str>,
-    /// Milliseconds since the tracker's epoch.
+    /// When it was last polled, in milliseconds since the tracker's epoch (as are the others).
     seen_ms: u64,
+    /// When it was first seen.
+    first_ms: u64,
+    /// When its status, stage or progress last changed; first seen if never.
+    changed_ms: u64,
+    /// When its stage last changed; first seen if never.
+    stage_ms: u64,
     progress: f64,
     prev: u32,
     next: u32,
     route: u16,
     stage: u16,
     status: u16,
+    /// Found stalled at a poll, and not moved since.
+    stalled: bool,
 }
 
 /// A task as the shard knows it: the hash of (route, id) and the two themselves.
@@ -65,6 +78,20 @@ pub(crate) struct Changes {
     pub evicted_capacity: u32,
     /// Entries forgotten for age: swept, or found expired and replaced.
     pub evicted_ttl: u32,
+    /// What the write did to the written task's activity.
+    pub activity: Activity,
+}
+
+/// A stalled entry, as [`Shard::each_stalled`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StalledEntry<'a> {
+    pub route: u16,
+    pub id: &'a str,
+    pub stage: u16,
+    pub progress: f64,
+    pub first_ms: u64,
+    pub changed_ms: u64,
+    pub seen_ms: u64,
 }
 
 /// Everything that says "now" and "how long" to a shard.
@@ -91,6 +118,7 @@ impl Shard {
             tail: NIL,
             free: NIL,
             len: 0,
+            checked: NIL,
         }
     }
 
@@ -104,7 +132,8 @@ impl Shard {
         (slot.holds(key) && !clock.expired(slot.seen_ms)).then_some(slot.snapshot())
     }
 
-    /// Records what was sent for a task and makes it the most recently seen.
+    /// Records what was sent for a task and makes it the most recently seen; judges from its
+    /// timestamps whether it stalled, recovered or left a stage (see [`Slot::observe`]).
     ///
     /// A new task asks `admit` for room in the tracker; refused, it displaces this shard's
     /// least recently seen entry. `rehash` gives the key hash of another entry, needed to
@@ -114,6 +143,7 @@ impl Shard {
         key: Key<'_>,
         sent: Snapshot,
         clock: Clock,
+        limits: &StallLimits,
         admit: impl FnOnce() -> bool,
         rehash: impl Fn(u16, &str) -> u64,
     ) -> Changes {
@@ -127,9 +157,7 @@ impl Shard {
             Some(&i) => {
                 let slot = &mut self.slots[i as usize];
                 let same = slot.holds(key);
-                let before = if same && !clock.expired(slot.seen_ms) {
-                    slot.snapshot()
-                } else {
+                if !same || clock.expired(slot.seen_ms) {
                     if same {
                         // Expired but not yet swept: forgotten, then remembered anew.
                         changes.evicted_ttl += 1;
@@ -137,9 +165,10 @@ impl Shard {
                         slot.id = key.id.into();
                         slot.route = key.route;
                     }
-                    Snapshot::EMPTY
-                };
-                slot.store(before.merge(sent), clock.now_ms);
+                    slot.begin(clock.now_ms);
+                }
+                let after = slot.snapshot().merge(sent);
+                changes.activity = slot.observe(after, clock.now_ms, limits);
                 self.unlink(i);
                 i
             }
@@ -163,7 +192,8 @@ impl Shard {
                 let slot = &mut self.slots[i as usize];
                 slot.id = key.id.into();
                 slot.route = key.route;
-                slot.store(Snapshot::EMPTY.merge(sent), clock.now_ms);
+                slot.begin(clock.now_ms);
+                changes.activity = slot.observe(Snapshot::EMPTY.merge(sent), clock.now_ms, limits);
                 self.index.insert(key.hash, i);
                 self.len += 1;
                 i
@@ -191,6 +221,57 @@ impl Shard {
             removed += 1;
         }
         removed as u32
+    }
+
+    /// Forgets the non-terminal entries nobody polled for `limits.abandon_ms`; returns the
+    /// (route, stage) of each. Terminal ones stay until their TTL, and are looked at once.
+    pub fn abandon(
+        &mut self,
+        now_ms: u64,
+        limits: &StallLimits,
+        rehash: &impl Fn(u16, &str) -> u64,
+    ) -> Vec<(u16, u16)> {
+        let mut abandoned = Vec::new();
+        let mut i = match self.checked {
+            NIL => self.tail,
+            checked => self.slots[checked as usize].prev,
+        };
+        while i != NIL {
+            let slot = &self.slots[i as usize];
+            if now_ms.saturating_sub(slot.seen_ms) < limits.abandon_ms {
+                break;
+            }
+            let newer = slot.prev;
+            if limits.is_terminal(slot.status) {
+                self.checked = i;
+            } else {
+                abandoned.push((slot.route, slot.stage));
+                self.remove(i, rehash);
+                self.release(i);
+            }
+            i = newer;
+        }
+        abandoned
+    }
+
+    /// Calls `visit` with every stalled entry.
+    pub fn each_stalled(&self, mut visit: impl FnMut(StalledEntry<'_>)) {
+        let mut i = self.head;
+        while i != NIL {
+            let slot = &self.slots[i as usize];
+            if slot.stalled {
+                visit(StalledEntry {
+                    route: slot.route,
+                    id: &slot.id,
+                    stage: slot.stage,
+                    progress: slot.progress,
+                    first_ms: slot.first_ms,
+                    changed_ms: slot.changed_ms,
+                    seen_ms: slot.seen_ms,
+                });
+            }
+            i = slot.next;
+        }
     }
 
     /// Forgets every entry of `route`; returns how many.
@@ -242,12 +323,16 @@ impl Shard {
         self.slots.push(Slot {
             id: Box::default(),
             seen_ms: 0,
+            first_ms: 0,
+            changed_ms: 0,
+            stage_ms: 0,
             progress: f64::NAN,
             prev: NIL,
             next: NIL,
             route: 0,
             stage: 0,
             status: 0,
+            stalled: false,
         });
         (self.slots.len() - 1) as u32
     }
@@ -265,6 +350,10 @@ impl Shard {
             let slot = &self.slots[i as usize];
             (slot.prev, slot.next)
         };
+        if self.checked == i {
+            // Everything behind it was checked too.
+            self.checked = next;
+        }
         match prev {
             NIL => self.head = next,
             p => self.slots[p as usize].next = next,
@@ -318,12 +407,58 @@ impl Slot {
         }
     }
 
-    fn store(&mut self, memory: Snapshot, seen_ms: u64) {
-        self.stage = memory.stage;
-        self.status = memory.status;
-        self.progress = memory.progress;
-        self.seen_ms = seen_ms;
+    /// A task seen for the first time (or again after being forgotten): nothing known yet.
+    fn begin(&mut self, now_ms: u64) {
+        let empty = Snapshot::EMPTY;
+        self.stage = empty.stage;
+        self.status = empty.status;
+        self.progress = empty.progress;
+        self.first_ms = now_ms;
+        self.changed_ms = now_ms;
+        self.stage_ms = now_ms;
+        self.stalled = false;
     }
+
+    /// Stores `after`, the task's memory after this poll, and says what the poll showed: a
+    /// change ends a stall (and a stage change records the time spent in the stage left); no
+    /// change, on a non-terminal task, for longer than its stage's limit, is a stall. A task
+    /// never seen to change is judged from when it was first seen.
+    fn observe(&mut self, after: Snapshot, now_ms: u64, limits: &StallLimits) -> Activity {
+        let before = self.snapshot();
+        let mut activity = Activity::default();
+        if same_state(&before, &after) {
+            let still = !limits.is_terminal(after.status)
+                && now_ms.saturating_sub(self.changed_ms) >= limits.stall_ms(after.stage);
+            if still && !self.stalled {
+                activity.stalled = Some(after.stage);
+            }
+            // A reload that raised the limit ends a stall without a recovery.
+            self.stalled = still;
+        } else {
+            self.changed_ms = now_ms;
+            if before.stage != after.stage {
+                if before.stage != UNKNOWN {
+                    activity.left = Some((before.stage, now_ms.saturating_sub(self.stage_ms)));
+                }
+                self.stage_ms = now_ms;
+            }
+            if std::mem::take(&mut self.stalled) {
+                activity.recovered = Some(before.stage);
+            }
+        }
+        self.stage = after.stage;
+        self.status = after.status;
+        self.progress = after.progress;
+        self.seen_ms = now_ms;
+        activity
+    }
+}
+
+/// Same status, stage and progress (a progress never sent equals itself).
+fn same_state(a: &Snapshot, b: &Snapshot) -> bool {
+    a.stage == b.stage
+        && a.status == b.status
+        && (a.progress == b.progress || (a.progress.is_nan() && b.progress.is_nan()))
 }
 
 /// The index key is already a SipHash output: hashing it again would only cost time.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::time::Instant;
 
-use super::memory::{RouteMemory, TaskTracker};
+use super::memory::{RouteMemory, StalledNow, TaskTracker};
 use super::redis::{self, Candidate, Correction, Exchanged, Holds, RedisStore};
+use super::stall::StalledTask;
 use super::transition::{Snapshot, Transitions};
 use crate::config::TrackerStore;
 use crate::engine::{Mode, RecordState, TransitionFinding, TransitionJudge, TransitionKind};
@@ -93,7 +94,7 @@ impl TaskMemory {
     /// The memory `settings.config.tracker.store` names. Redis is not contacted here.
     pub fn new(settings: &Settings, store_metrics: StoreMetrics) -> TaskMemory {
         let config = &settings.config;
-        let local = TaskTracker::new(&config.tracker, &config.model);
+        let mut local = TaskTracker::new(&config.tracker, &config.model);
         let shared = match config.tracker.store {
             TrackerStore::Local => {
                 // Local memory is always there.
@@ -101,9 +102,17 @@ impl TaskMemory {
                 None
             }
             TrackerStore::Redis => {
-                let failed_rank = local.transitions().failed_rank();
-                match RedisStore::new(&config.tracker, &config.model, failed_rank, store_metrics) {
-                    Ok(redis) => Some(Arc::new(redis)),
+                match RedisStore::new(
+                    &config.tracker,
+                    &config.model,
+                    local.transitions(),
+                    store_metrics,
+                    local.activity().clone(),
+                ) {
+                    Ok(redis) => {
+                        local.set_quiet();
+                        Some(Arc::new(redis))
+                    }
                     Err(err) => {
                         // `check-config` accepted the URL, so this is not expected.
                         tracing::error!(error = %err, "tracker.redis_url unusable; task memory stays local");
@@ -129,6 +138,10 @@ impl TaskMemory {
             .map(|route| route.name())
             .collect();
         let mut ids = self.local.assign_routes(&tracked).into_iter();
+        self.local.touch_routes(&tracked);
+        if let Some(redis) = &self.shared {
+            redis.set_routes(&tracked);
+        }
         settings
             .routes
             .iter()
@@ -155,12 +168,52 @@ impl TaskMemory {
         &self.local
     }
 
-    /// Periodic upkeep, from one task only: forgets expired local tasks, and connects to the
+    /// Periodic upkeep, from one task only: forgets expired and abandoned local tasks, and connects to the
     /// shared store early, or keeps retrying it while it is down.
     pub fn maintain(&self) {
+        // Abandonment first: at abandon_after = ttl, the TTL would forget them uncounted.
+        self.local.abandon_idle();
         self.local.purge_expired();
         if let Some(redis) = &self.shared {
-            redis.maintain();
+            redis.maintain(self.local.limits(), self.local.unix_ms());
+        }
+    }
+
+    /// The stalled tasks now: counted per (route, stage), and the `keep` longest stalled
+    /// (at most [`LISTED`](super::stall::LISTED) with Redis). With Redis, as the last upkeep
+    /// read them (a second ago at most), or what local memory saw while Redis is down.
+    pub fn stalled(&self, keep: usize) -> StalledNow {
+        let Some(shared) = self.shared.as_ref().and_then(|redis| redis.stalls()) else {
+            return self.local.stalled(keep);
+        };
+        let now_ms = self.local.unix_ms();
+        StalledNow {
+            counts: shared.counts,
+            oldest: shared
+                .oldest
+                .into_iter()
+                .take(keep)
+                .map(|task| StalledTask {
+                    route: task.route,
+                    task_id: task.task_id,
+                    stage: task.stage,
+                    progress: task.progress,
+                    stalled_for_ms: now_ms.saturating_sub(task.changed_ms),
+                    polled_ago_ms: now_ms.saturating_sub(task.polled_ms),
+                    tracked_for_ms: now_ms.saturating_sub(task.first_ms),
+                })
+                .collect(),
+        }
+    }
+
+    /// Waits for the upkeep's work on the shared store, then runs it once more (nothing
+    /// with local memory).
+    #[cfg(test)]
+    pub(crate) async fn settle(&self) {
+        if let Some(redis) = &self.shared {
+            redis
+                .settle(&self.local.limits(), self.local.unix_ms())
+                .await;
         }
     }
 
@@ -205,10 +258,16 @@ impl TaskMemory {
         let records = candidates.records;
         // Boxed: the exchange is a large future, and only shared memory waits on it; the local
         // path's future stays small (it is part of every inspected response's).
-        let Some(exchanged) = Box::pin(redis.exchange(name, *holds, &records, deadline)).await
+        let limits = self.local.limits();
+        let clock = (&*limits, self.local.unix_ms());
+        let Some(exchanged) =
+            Box::pin(redis.exchange(name, *holds, &records, clock, deadline)).await
         else {
             return run(&mut local());
         };
+        for record in &exchanged {
+            self.local.record_shared(name, record.activity);
+        }
         let mut judge = Recalled {
             local: local(),
             transitions,
@@ -310,7 +369,9 @@ impl Recalled<'_> {
             .iter()
             .filter_map(|(task_id, memory, last)| {
                 let stored = &self.exchanged.get((*last)?)?.stored;
-                let value = redis::encode(memory);
+                // The timestamps stay as the script wrote them: a vetoed fix is rare, and
+                // the next poll judges the change.
+                let value = redis::restate(stored, memory)?;
                 (value != *stored).then(|| Correction {
                     task_id: task_id.clone(),
                     stored: stored.clone(),

@@ -29,6 +29,8 @@ mod tool;
 mod redis_server;
 use redis_server::RedisServer;
 
+mod stall;
+
 fn state(status: &str, stage: &str, progress: f64) -> RecordState {
     RecordState {
         status: Some(status.into()),
@@ -684,6 +686,7 @@ async fn a_task_not_seen_for_the_ttl_starts_afresh(kind: Kind) {
     // Real time, as Redis expires keys by its own clock; margins of 0.8 s either side.
     let config = TrackerConfig {
         ttl: Duration::from_secs(2),
+        abandon_after: Duration::from_secs(1),
         ..default_tracker()
     };
     let t = Memory::new(kind, config);
@@ -975,6 +978,7 @@ fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
         ttl_ms: 1000,
     };
     let rehash = |_: u16, _: &str| 7;
+    let limits = super::stall::StallLimits::new(&default_tracker(), &default_model());
     let at = |progress| Snapshot {
         progress,
         ..Snapshot::EMPTY
@@ -986,13 +990,14 @@ fn a_hash_collision_forgets_the_other_task_instead_of_mixing_them() {
     };
     let mut shard = Shard::new();
     // Two different tasks forced onto one hash.
-    let first = shard.put(key("a"), at(80.0), clock, || true, rehash);
+    let first = shard.put(key("a"), at(80.0), clock, &limits, || true, rehash);
     assert_eq!(first, Changes::default());
     assert_eq!(shard.get(key("b"), clock), None);
     let second = shard.put(
         key("b"),
         at(10.0),
         clock,
+        &limits,
         || unreachable!("not a new entry"),
         rehash,
     );
@@ -1020,9 +1025,17 @@ fn a_full_tracker_displaces_within_the_shard_and_an_empty_shard_overshoots_by_on
     };
     let key = |hash, id| Key { hash, route: 0, id };
     let rehash = |_: u16, id: &str| if id == "a" { 1 } else { 2 };
+    let limits = super::stall::StallLimits::new(&default_tracker(), &default_model());
     let mut shard = Shard::new();
     // Refused room with nothing to displace: added anyway, and counted by the shard.
-    let first = shard.put(key(1, "a"), Snapshot::EMPTY, clock, || false, rehash);
+    let first = shard.put(
+        key(1, "a"),
+        Snapshot::EMPTY,
+        clock,
+        &limits,
+        || false,
+        rehash,
+    );
     assert_eq!(
         first,
         Changes {
@@ -1031,7 +1044,14 @@ fn a_full_tracker_displaces_within_the_shard_and_an_empty_shard_overshoots_by_on
         }
     );
     // Refused room again: "b" displaces "a".
-    let second = shard.put(key(2, "b"), Snapshot::EMPTY, clock, || false, rehash);
+    let second = shard.put(
+        key(2, "b"),
+        Snapshot::EMPTY,
+        clock,
+        &limits,
+        || false,
+        rehash,
+    );
     assert_eq!(
         second,
         Changes {
@@ -1182,8 +1202,18 @@ async fn keys_are_per_route_and_model_and_expire_with_the_ttl() {
         .query_async(&mut redis)
         .await
         .expect("GET");
-    // completed is stage 4 and status 2 of the default model.
-    assert_eq!(value, "4:2:100");
+    // completed is stage 4 and status 2 of the default model; then first seen, last changed
+    // and in its stage since (the same: one poll), not stalled, and the progress.
+    let parts: Vec<&str> = value.split(':').collect();
+    assert_eq!(
+        (parts[0], parts[1], parts[5], parts[6]),
+        ("4", "2", "0", "100"),
+        "{value}"
+    );
+    assert!(
+        parts[2].len() >= 13 && parts[2] == parts[3] && parts[3] == parts[4],
+        "{value}"
+    );
     let ttl_ms: i64 = ::redis::cmd("PTTL")
         .arg(&keys[0])
         .query_async(&mut redis)
@@ -1291,16 +1321,20 @@ async fn bytes_per_task_in_redis() {
         "{TASKS} tasks: MEMORY USAGE of one key {usage} B ({} B key); used_memory grew {per_task} B per task",
         key.len()
     );
-    // The README quotes these (36-character ids, 69-byte keys): the key and its value, then
-    // everything (the TTL's entry, hash table slots, allocator rounding).
-    assert!((100..=160).contains(&usage), "{usage}");
-    assert!((150..=300).contains(&per_task), "{per_task}");
+    // The README quotes these (36-character ids, 69-byte keys): the key and its value (with
+    // its three timestamps), then everything (the TTL's entry, hash table slots, allocator
+    // rounding, and the running task's entry in its route's `polled` index).
+    assert!((150..=220).contains(&usage), "{usage}");
+    assert!((300..=550).contains(&per_task), "{per_task}");
 }
 
 #[test]
 fn values_encode_and_decode_exactly() {
-    use super::redis::{decode, encode};
+    use super::redis::{decode, restate};
     use super::transition::{Snapshot, FAILED, UNKNOWN};
+    let encode = |memory: &Snapshot| {
+        restate("0:0:1700000000000:1700000000001:1700000000002:1:", memory).expect("ours")
+    };
     for progress in [0.0, 40.0, 62.5, 99.99, 0.1, 1e-7, 1e21, f64::MAX, f64::NAN] {
         let memory = Snapshot {
             stage: FAILED,
@@ -1321,18 +1355,27 @@ fn values_encode_and_decode_exactly() {
             status: 1,
             progress: 40.0
         }),
-        "2:1:40"
+        "2:1:1700000000000:1700000000001:1700000000002:1:40",
+        "the timestamps stay"
     );
-    assert_eq!(encode(&Snapshot::EMPTY), "65535:65535:");
+    assert_eq!(
+        encode(&Snapshot::EMPTY),
+        "65535:65535:1700000000000:1700000000001:1700000000002:1:"
+    );
+    assert_eq!(restate("1:2:3", &Snapshot::EMPTY), None);
     for foreign in [
         "",
         "1:2",
-        "a:1:2",
-        "+1:2:3",
-        "70000:1:2",
-        "1:2:x",
-        "1:2:inf",
-        "1:2:NaN",
+        "1:2:3",
+        "a:1:1:1:1:0:2",
+        "+1:2:1:1:1:0:3",
+        "70000:1:1:1:1:0:2",
+        "1:2:1:1:1:0:x",
+        "1:2:1:1:1:0:inf",
+        "1:2:1:1:1:0:NaN",
+        "1:2:1:1:1:2:3",
+        "1:2::1:1:0:3",
+        "1:2:1:x:1:0:3",
     ] {
         assert!(decode(foreign).is_none(), "{foreign:?}");
     }

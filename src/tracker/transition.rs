@@ -190,6 +190,19 @@ impl Transitions {
         }
     }
 
+    /// The working stages, in flow order.
+    pub fn stages(&self) -> &[Box<str>] {
+        &self.stages
+    }
+
+    /// A stage as a metric label: its name, or `unknown` when absent or outside the model.
+    pub fn stage_label(&self, stage: u16) -> String {
+        match stage {
+            UNKNOWN => "unknown".to_owned(),
+            stage => self.stage_name(stage).to_owned(),
+        }
+    }
+
     fn stage_name(&self, stage: u16) -> &str {
         match stage {
             FAILED => &self.failed_stage,
