@@ -18,6 +18,15 @@ fn coded(coding: Coding, body: &str) -> (Response<TestBody>, Bytes) {
     (response, encoded)
 }
 
+/// An upstream answer of `raw` as it is, labelled with `coding`'s Content-Encoding.
+fn labelled(coding: Coding, raw: &Bytes) -> Response<TestBody> {
+    let mut response = json_upstream(full(raw.clone()));
+    response
+        .headers_mut()
+        .insert("content-encoding", HeaderValue::from_static(coding.token()));
+    response
+}
+
 fn decoded(head: &http::response::Parts, body: &Bytes) -> Bytes {
     let coding = Coding::from_header(
         head.headers
@@ -159,22 +168,14 @@ async fn br_and_zstd_bombs_and_corrupt_streams_pass_through_counted() {
             bomb.len() < 64 << 10,
             "{coding:?} bomb is small on the wire"
         );
-        let mut upstream = json_upstream(full(bomb.clone()));
-        upstream
-            .headers_mut()
-            .insert("content-encoding", HeaderValue::from_static(coding.token()));
-        let (_, body) = h.get("/test/status/x", upstream).await;
+        let (_, body) = h.get("/test/status/x", labelled(coding, &bomb)).await;
         assert_eq!(body.unwrap(), bomb, "{coding:?}");
     }
     assert_eq!(h.skipped("too_large"), 2.0);
 
     let junk = Bytes::from_static(b"certainly not compressed");
     for coding in [Coding::Brotli, Coding::Zstd] {
-        let mut upstream = json_upstream(full(junk.clone()));
-        upstream
-            .headers_mut()
-            .insert("content-encoding", HeaderValue::from_static(coding.token()));
-        let (_, body) = h.get("/test/status/x", upstream).await;
+        let (_, body) = h.get("/test/status/x", labelled(coding, &junk)).await;
         assert_eq!(body.unwrap(), junk, "{coding:?}");
     }
     assert_eq!(h.skipped("unparseable"), 2.0);
