@@ -1,14 +1,16 @@
 //! `consistency-sidecar demo`: the whole story in a few seconds, with nothing else installed.
 //!
-//! A stand-in of the legacy backend injects inconsistencies at a known rate, the real sidecar
-//! stack runs in front of it on loopback, and simulated front ends poll their tasks through the
-//! sidecar, checking every answer they get. At the end the sidecar's own report is fetched from
-//! its admin port and set beside what the stand-in injected.
+//! A stand-in of the legacy backend injects faults (records that contradict themselves at a
+//! known rate, answers that run a task backwards on a fixed schedule, one task that stalls), the
+//! real sidecar stack runs in front of it on loopback, and simulated front ends poll their tasks
+//! through the sidecar, checking every answer they get. At the end the sidecar's own report is
+//! fetched from its admin port and set beside what the stand-in injected ([`tally`]).
 
 mod backend;
+mod tally;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,13 +21,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
-use backend::{Backend, INJECTED_RULES};
+use backend::{Backend, STALLED_TASK};
+use tally::ClientTally;
 
 use super::{admin_client, EX_USAGE};
 use crate::config::{Config, LogFormat};
-use crate::engine::{self, Mode, NoMemory, Outcome};
-use crate::report::Report;
+use crate::engine::{self, Mode, Outcome, TransitionKind};
+use crate::report::Status;
 use crate::settings::Settings;
+use crate::tracker::TaskTracker;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -35,7 +39,8 @@ pub struct DemoArgs {
     /// How long the simulated clients poll.
     #[arg(long, value_name = "DURATION", default_value = "6s", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
-    /// Share of responses the stand-in backend makes inconsistent (0..=1).
+    /// Share of finished-task answers the stand-in backend makes contradict themselves (0..=1).
+    /// The answers that run a task backwards and the stalled task come on a fixed schedule.
     #[arg(long, value_name = "RATE", default_value_t = 0.05)]
     pub inject_rate: f64,
     /// Simulated polling clients.
@@ -44,15 +49,6 @@ pub struct DemoArgs {
     /// Keep serving after the summary until Ctrl-C, so the metrics and report URLs can be opened.
     #[arg(long)]
     pub keep_running: bool,
-}
-
-/// What the simulated front ends saw.
-#[derive(Debug, Default)]
-struct ClientTally {
-    polls: AtomicU64,
-    /// Answers that broke a rule when they reached the client.
-    inconsistent: AtomicU64,
-    tasks_finished: AtomicU64,
 }
 
 /// Runs the demo; a bad flag exits 64.
@@ -89,11 +85,13 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     let backend_addr = backend_listener.local_addr()?;
     let backend_task = tokio::spawn(backend.clone().serve(backend_listener));
 
-    let config = Config {
+    let mut config = Config {
         upstream: format!("http://{backend_addr}").parse()?,
         mode: Mode::Fix,
         ..Config::default()
     };
+    let stall_after = stall_limit(args.duration);
+    config.tracker.stall_after = stall_after;
     let settings = Arc::new(Settings::compile(config)?);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let admin = TcpListener::bind("127.0.0.1:0").await?;
@@ -103,7 +101,7 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     let sidecar = tokio::spawn(crate::server::serve(
         listener,
         admin,
-        settings,
+        settings.clone(),
         None,
         async {
             let _ = stopped.await;
@@ -111,8 +109,17 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     ));
 
     println!("consistency-sidecar demo");
-    println!("  stand-in legacy backend  http://{backend_addr}  (injects inconsistencies into {:.1}% of finished-task answers)", args.inject_rate * 100.0);
+    println!("  stand-in legacy backend  http://{backend_addr}");
+    println!(
+        "      contradicts itself in {:.1}% of finished-task answers, runs 3 tasks in 10 backwards once,",
+        args.inject_rate * 100.0
+    );
+    println!("      and never moves its first task (demo-{STALLED_TASK}) past ai_fetching");
     println!("  sidecar (fix mode)       http://{proxy_addr}");
+    println!(
+        "      a task unchanged for {} is stalled (tracker.stall_after, 10m by default)",
+        humantime::format_duration(stall_after)
+    );
     println!("  status page              http://{admin_addr}/status  (open it in a browser)");
     println!("  admin                    http://{admin_addr}/metrics");
     println!(
@@ -140,12 +147,13 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1).min(deadline - Instant::now())).await;
         println!(
-            "  {:>4.1}s  polls {:>6}  tasks finished {:>4}  injected {:>4}  inconsistent answers seen by clients {}",
+            "  {:>4.1}s  polls {:>6}  tasks finished {:>4}  faults injected {:>4}  answers at clients: contradictory {}, backwards {}",
             started.elapsed().as_secs_f64(),
             tally.polls.load(Ordering::Relaxed),
             tally.tasks_finished.load(Ordering::Relaxed),
             backend.injected_total(),
-            tally.inconsistent.load(Ordering::Relaxed),
+            tally.contradictory.load(Ordering::Relaxed),
+            tally.backwards.load(Ordering::Relaxed),
         );
     }
     for client in clients {
@@ -154,19 +162,20 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
 
     let admin_url = format!("http://{admin_addr}");
     let report_text = admin_client::fetch_text(&format!("{admin_url}/report")).await?;
-    let report: Report = serde_json::from_str(
+    let status: Status = serde_json::from_str(
         &admin_client::fetch_text(&format!("{admin_url}/report.json")).await?,
     )?;
-    let metrics = admin_client::fetch_text(&format!("{admin_url}/metrics")).await?;
     println!("\n{report_text}");
-    summarise(&backend, &tally, &report, &metrics);
+    tally::tell(&backend, &tally, &status, &settings.config);
 
     if args.keep_running {
         println!("\nStill serving (Ctrl-C to stop):");
         println!("  {admin_url}/status   # the status page, in a browser");
         println!("  curl -s {admin_url}/metrics | grep ^consistency_");
         println!("  consistency-sidecar report --admin {admin_url}");
-        println!("  curl -s http://{proxy_addr}/test/status/demo-1");
+        println!(
+            "  curl -s http://{proxy_addr}/test/status/demo-{STALLED_TASK}   # the stalled task"
+        );
         let _ = tokio::signal::ctrl_c().await;
     } else {
         println!("\nWhere to look next:");
@@ -182,43 +191,20 @@ async fn demo(args: &DemoArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn summarise(backend: &Backend, tally: &ClientTally, report: &Report, metrics: &str) {
-    let injected = backend.injected_total();
-    let fixes: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("consistency_fixes_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    println!("Injected vs caught:");
-    println!(
-        "  records served by the backend     {}",
-        backend.records.load(Ordering::Relaxed)
-    );
-    println!("  inconsistencies injected          {injected}");
-    for (rule, count) in INJECTED_RULES.iter().zip(&backend.injected) {
-        println!("    {rule:<30}  {}", count.load(Ordering::Relaxed));
-    }
-    println!(
-        "  issues caught by the sidecar      {}",
-        report.issues_found
-    );
-    println!("  values fixed in flight            {fixes}");
-    println!(
-        "  inconsistent answers at clients   {} of {} polls",
-        tally.inconsistent.load(Ordering::Relaxed),
-        tally.polls.load(Ordering::Relaxed)
-    );
-    let verdict =
-        if report.issues_found == injected && tally.inconsistent.load(Ordering::Relaxed) == 0 {
-            "every injected inconsistency was caught and fixed before it reached a client"
-        } else {
-            "caught and injected differ: look at the report above and the sidecar's logs"
-        };
-    println!("  => {verdict}");
+/// A third of the run, in whole tenths of a second: the stalled task is found well before the
+/// end, and no task that moves is ever that slow.
+fn stall_limit(run: Duration) -> Duration {
+    let tenths = (run.as_millis() / 300).max(1);
+    Duration::from_millis(
+        u64::try_from(tenths)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(100),
+    )
 }
 
-/// One front end: create a task, poll it until it ends (and a few times after, as pages do),
-/// judging every answer with the same engine, in observe mode and without memory.
+/// One front end: create a task, poll it until it ends (and a few times after, as pages do)
+/// or the run ends, judging every answer with the same engine, in observe mode and with a
+/// memory of its own tasks: what reaches it, across polls too.
 async fn front_end(
     n: usize,
     client: HttpClient,
@@ -232,9 +218,14 @@ async fn front_end(
     });
     let Ok(judge) = judge else { return };
     // The default configuration's first route is `task_status`.
-    let Some(status_route) = judge.routes.iter().next().map(|r| r.spec()) else {
+    let Some(status_route) = judge.routes.iter().next() else {
         return;
     };
+    let memory = TaskTracker::new(&judge.config.tracker, &judge.config.model);
+    let Some(&memory_route) = memory.assign_routes(&[status_route.name()]).first() else {
+        return;
+    };
+    let status_route = status_route.spec();
     let mut round = 0usize;
     while Instant::now() < deadline {
         round += 1;
@@ -262,7 +253,8 @@ async fn front_end(
             return;
         };
         let mut extra_polls = 3;
-        for _ in 0..32 {
+        // A task that never ends is polled until the run does, as a page that hangs would.
+        loop {
             if Instant::now() >= deadline {
                 return;
             }
@@ -278,11 +270,20 @@ async fn front_end(
                 return;
             };
             tally.polls.fetch_add(1, Ordering::Relaxed);
-            let verdict = engine::inspect(&judge.rules, status_route, &body, &mut NoMemory);
+            let verdict = engine::inspect(
+                &judge.rules,
+                status_route,
+                &body,
+                &mut memory.judge_for(memory_route),
+            );
             let terminal = match verdict.outcome {
                 Outcome::Checked(records) => {
-                    if records.iter().any(|r| !r.issues.is_empty()) {
-                        tally.inconsistent.fetch_add(1, Ordering::Relaxed);
+                    let issues = || records.iter().flat_map(|r| &r.issues);
+                    if issues().any(|issue| !is_transition(&issue.rule)) {
+                        tally.contradictory.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if issues().any(|issue| is_transition(&issue.rule)) {
+                        tally.backwards.fetch_add(1, Ordering::Relaxed);
                     }
                     records
                         .iter()
@@ -302,6 +303,11 @@ async fn front_end(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Whether `rule` is one of the task memory's rules (across polls), not a single record's.
+fn is_transition(rule: &str) -> bool {
+    TransitionKind::ALL.iter().any(|kind| kind.as_str() == rule)
 }
 
 async fn request(
