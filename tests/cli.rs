@@ -325,28 +325,16 @@ fn inspect_shows_what_a_rule_in_shadow_would_fix() {
     );
 }
 
+/// One short run: the story reads through, and its tally matches what the stand-in injected.
 #[test]
 fn demo_tells_the_whole_story() {
-    let out = sidecar(&[
-        "demo",
-        "--duration",
-        "2s",
-        "--inject-rate",
-        "0.2",
-        "--clients",
-        "4",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = demo_run();
     for expected in [
         "State consistency report",
         "Injected vs caught:",
-        "inconsistent answers at clients   0 of",
-        "every injected inconsistency was caught and fixed before it reached a client",
+        "0 of",
+        "polls contradicted themselves",
+        "every injected fault was caught, and fixed before it reached a client where a rule fixes it; the stalled task was found",
         "Where to look next:",
     ] {
         assert!(
@@ -354,6 +342,112 @@ fn demo_tells_the_whole_story() {
             "demo output lacks {expected:?}:\n{stdout}"
         );
     }
+    assert_tally_matches_the_stand_in(&stdout);
     let out = sidecar(&["demo", "--inject-rate", "2"]);
     assert_eq!(out.status.code(), Some(64));
+}
+
+/// The tally's rows against what the stand-in injected: each single-record contradiction
+/// caught and fixed; progress moving back caught and fixed; a stage going back and a finished
+/// task running again caught, not fixed (their rules do not fix by default), and so seen by
+/// the clients; the one stalled task found, by id.
+fn assert_tally_matches_the_stand_in(stdout: &str) {
+    for rule in [
+        "completed_stage",
+        "failed_stage",
+        "completed_progress",
+        "failed_progress",
+        "terminal_not_marked",
+        "progress_regression",
+    ] {
+        let [injected, caught, fixed] = tally_row(stdout, rule);
+        assert_eq!((caught, fixed), (injected, injected), "{rule}:\n{stdout}");
+    }
+    let cause = |what: &str| -> u64 {
+        let (_, after) = stdout
+            .split_once(&format!("{what} ("))
+            .unwrap_or_else(|| panic!("no {what:?} in the tally:\n{stdout}"));
+        after[..after.find(')').unwrap()].parse().unwrap()
+    };
+    let progress_back = cause("progress moved back");
+    let stage_back = cause("a stage went back");
+    let reopened = cause("a finished task reported running again");
+    for (what, served) in [
+        ("progress back", progress_back),
+        ("stage back", stage_back),
+        ("reopened", reopened),
+    ] {
+        assert!(
+            served > 0,
+            "the stand-in served no {what} answer:\n{stdout}"
+        );
+    }
+    assert_eq!(tally_row(stdout, "progress_regression")[0], progress_back);
+    assert_eq!(
+        tally_row(stdout, "terminal_reopened"),
+        [reopened, reopened, 0],
+        "{stdout}"
+    );
+    // A finished task reported running is back at a working stage as well.
+    let backwards = stage_back + reopened;
+    assert_eq!(
+        tally_row(stdout, "stage_regression"),
+        [backwards, backwards, 0],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "polls contradicted themselves, {backwards} ran a task backwards"
+        )),
+        "the clients see exactly the unfixed steps backwards:\n{stdout}"
+    );
+    let stalled: Vec<u64> = tally_numbers(stdout, "stalled");
+    assert_eq!(
+        stalled,
+        [1, 1],
+        "one task stalls, and it is found:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("      demo-1 at ai_fetching 25%, unchanged for "),
+        "the stalled task is listed with its stage:\n{stdout}"
+    );
+}
+
+/// A short demo run; its standard output.
+fn demo_run() -> String {
+    let out = sidecar(&[
+        "demo",
+        "--duration",
+        "3s",
+        "--inject-rate",
+        "0.2",
+        "--clients",
+        "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A rule's row of the demo's tally: injected, caught, fixed.
+fn tally_row(stdout: &str, rule: &str) -> [u64; 3] {
+    tally_numbers(stdout, rule)
+        .try_into()
+        .unwrap_or_else(|_| panic!("the {rule} row has three figures:\n{stdout}"))
+}
+
+/// The figures after `name` on its row of the tally.
+fn tally_numbers(stdout: &str, name: &str) -> Vec<u64> {
+    let line = stdout
+        .lines()
+        .find(|line| line.trim_start().split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} row in the tally:\n{stdout}"));
+    line.split_whitespace()
+        .skip(1)
+        .map_while(|word| word.parse().ok())
+        .collect()
 }

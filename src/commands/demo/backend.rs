@@ -158,20 +158,7 @@ impl Backend {
                         r#"{"error": "brand_list is required"}"#.into(),
                     );
                 };
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let stalls = id == STALLED_TASK;
-                if stalls {
-                    self.stalls.fetch_add(1, Ordering::Relaxed);
-                }
-                let task = Task {
-                    stage: 0,
-                    fails: brand.contains("fail"),
-                    failed: false,
-                    backwards: (!stalls).then(|| Backwards::for_task(id)).flatten(),
-                    stalls,
-                    finished_answers: 0,
-                };
-                self.lock_tasks().insert(id, task);
+                let id = self.create(&brand);
                 json(
                     StatusCode::OK,
                     format!(r#"{{"status": "success", "execution_id": "demo-{id}"}}"#),
@@ -193,6 +180,25 @@ impl Backend {
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"error": "not found"}"#.into()),
         }
+    }
+
+    /// A new task, failing if its brand says so; its id.
+    fn create(&self, brand: &str) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stalls = id == STALLED_TASK;
+        if stalls {
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+        }
+        let task = Task {
+            stage: 0,
+            fails: brand.contains("fail"),
+            failed: false,
+            backwards: (!stalls).then(|| Backwards::for_task(id)).flatten(),
+            stalls,
+            finished_answers: 0,
+        };
+        self.lock_tasks().insert(id, task);
+        id
     }
 
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Task>> {
@@ -392,3 +398,6 @@ impl SplitMix {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+#[cfg(test)]
+mod tests;
