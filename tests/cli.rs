@@ -444,7 +444,7 @@ fn tally_row(stdout: &str, rule: &str) -> [u64; 3] {
 fn tally_numbers(stdout: &str, name: &str) -> Vec<u64> {
     let line = stdout
         .lines()
-        .find(|line| line.trim_start().split_whitespace().next() == Some(name))
+        .find(|line| line.split_whitespace().next() == Some(name))
         .unwrap_or_else(|| panic!("no {name} row in the tally:\n{stdout}"));
     line.split_whitespace()
         .skip(1)
