@@ -77,7 +77,8 @@ pub fn tell(backend: &Backend, clients: &ClientTally, status: &Status, config: &
                 .map(|(cause, n)| format!("{} ({n})", cause.what()))
                 .collect::<Vec<_>>()
                 .join(", ");
-            (row.injected > 0 || row.caught > 0).then_some((row, what))
+            // terminal_changed: nothing injects it, listed only if it fires all the same.
+            (!causes.is_empty() || row.caught > 0).then_some((row, what))
         })
         .collect();
 
