@@ -134,11 +134,15 @@ impl ReportBook {
     /// Counts one checked record; its issues join the recent list.
     pub fn record(&self, route: &Arc<str>, verdict: &RecordVerdict) {
         self.levels[verdict.level as usize].fetch_add(1, Ordering::Relaxed);
-        if verdict.issues.is_empty() || self.keep == 0 {
+        if verdict.issues.is_empty() {
             return;
         }
         self.issues
             .fetch_add(verdict.issues.len() as u64, Ordering::Relaxed);
+        // Listing none (`inspect.recent_issues = 0`) still counts them, above.
+        if self.keep == 0 {
+            return;
+        }
         let at = SystemTime::now();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for issue in &verdict.issues {

@@ -69,6 +69,30 @@ fn counts_levels_and_keeps_newest_issues_first() {
     );
 }
 
+/// `inspect.recent_issues = 0` lists no issue, but still counts every one.
+#[test]
+fn a_book_keeping_no_recent_issues_still_counts_them() {
+    let book = ReportBook::new(0);
+    book.record(
+        &Arc::from("task_status"),
+        &verdict(
+            "bad_1",
+            Level::MinorIssue,
+            &["completed_stage", "completed_progress"],
+        ),
+    );
+    book.record(
+        &Arc::from("task_status"),
+        &verdict("ok_1", Level::Consistent, &[]),
+    );
+    let report = book.snapshot();
+    assert_eq!(report.issues_found, 2);
+    assert_eq!(report.total_checks, 2);
+    assert!(report.recent_issues.is_empty());
+    let text = report.to_text();
+    assert!(text.contains("Issues found: 2"), "{text}");
+}
+
 #[test]
 fn a_shadow_issue_is_listed_as_such_and_old_reports_still_read() {
     let book = ReportBook::new(10);
