@@ -18,6 +18,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::{FieldsConfig, Level, Mode, ModelConfig, RuleConfig, RuleMode, TransitionKind};
 
 pub use crate::engine::ConfigError;
+pub use evidence::{CaptureConfig, CaptureWhich, EvidenceConfig, RedactionConfig};
+
+mod evidence;
 
 /// The shipped configuration file: every key at its default.
 const SHIPPED: &str = include_str!("../config/sidecar.toml");
@@ -115,6 +118,12 @@ pub struct Config {
     pub model: ModelConfig,
     pub fields: FieldsConfig,
     pub tracker: TrackerConfig,
+    /// What is kept of inconsistent records for `/evidence` and `/tasks/{id}`.
+    pub evidence: EvidenceConfig,
+    /// Values that never leave the process: evidence, captures, logs and the report hash them.
+    pub redaction: RedactionConfig,
+    /// NDJSON capture of inspected responses for `replay`; off by default.
+    pub capture: CaptureConfig,
     /// Routes whose responses are inspected; given in a file, they replace the defaults.
     pub routes: Vec<RouteConfig>,
     /// Rules; given in a file, each entry overrides the default rule of the same name
@@ -624,6 +633,9 @@ impl Config {
             }
         }
         self.tracker.validate_store()?;
+        self.evidence.validate()?;
+        self.redaction.validate()?;
+        self.capture.validate()?;
         self.tracker.validate_stalls(&self.model)?;
         if self.model.statuses.is_empty() {
             return Err(ConfigError::new("model.statuses", "must not be empty"));

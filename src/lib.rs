@@ -8,6 +8,9 @@
 //! - `settings`: the configuration validated and compiled once at start (rules, routes).
 //! - `logging`: `tracing` subscriber, `RUST_LOG`, text or JSON.
 //! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
+//! - `evidence`: per route and rule, the newest inconsistent records, bounded, for `/evidence`.
+//! - `redact`: configured keys and pointers hashed before a value leaves the process.
+//! - `capture`: NDJSON of inspected responses, written off the response path, for `replay`.
 //! - `inspection`: the tower layer that runs the engine on responses in flight, with metrics.
 //! - `tracker`: task memory across polls (local, or Redis shared by replicas), judging each response against what was last sent for the task.
 //! - `routes`: each configured route compiled into one `Route` (matcher and engine spec), and
@@ -26,16 +29,19 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod coding;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod evidence;
 pub mod inspection;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod report;
 pub mod routes;

@@ -223,6 +223,10 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     keep!(tracker.timeout);
     keep!(tracker.connect_timeout);
     keep!(tracker.retry_interval);
+    keep!(evidence.entries_per_rule);
+    keep!(evidence.bytes_per_rule);
+    keep!(redaction.key_file);
+    keep!(capture);
     kept
 }
 

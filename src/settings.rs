@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
 use crate::engine::RuleSet;
+use crate::redact::Redactor;
 use crate::routes::RouteTable;
 
 /// Everything the running sidecar needs, compiled from a [`Config`].
@@ -14,6 +15,8 @@ pub struct Settings {
     pub routes: RouteTable,
     /// The rules, compiled.
     pub rules: Arc<RuleSet>,
+    /// `[redaction]`, compiled (its key read).
+    pub redactor: Arc<Redactor>,
 }
 
 // === impl Settings ===
@@ -25,10 +28,12 @@ impl Settings {
         config.validate()?;
         let routes = RouteTable::compile(&config.routes, &config.fields, config.mode)?;
         let rules = Arc::new(RuleSet::compile(&config.model, &config.rules)?);
+        let redactor = Arc::new(Redactor::compile(&config.redaction)?);
         Ok(Settings {
             config,
             routes,
             rules,
+            redactor,
         })
     }
 }

@@ -146,7 +146,7 @@ fn each_mistake_is_one_line_naming_its_key() {
         // Unknown keys anywhere.
         (
             "bogus = 1".into(),
-            "bogus: unknown field `bogus`, expected one of `listen`, `upstream`, `admin_listen`, `mode`, `log_format`, `watch_config`, `proxy`, `inspect`, `model`, `fields`, `tracker`, `routes`, `rules`".into(),
+            "bogus: unknown field `bogus`, expected one of `listen`, `upstream`, `admin_listen`, `mode`, `log_format`, `watch_config`, `proxy`, `inspect`, `model`, `fields`, `tracker`, `evidence`, `redaction`, `capture`, `routes`, `rules`".into(),
         ),
         (
             "[proxy]\nmax_headerz = 3".into(),
@@ -195,6 +195,26 @@ fn each_mistake_is_one_line_naming_its_key() {
         (
             "rules = 5".into(),
             "rules: invalid type: integer `5`, expected an array".into(),
+        ),
+        (
+            "[capture]\nsample_rate = 1.5".into(),
+            "capture.sample_rate: must be between 0 and 1".into(),
+        ),
+        (
+            "[capture]\nmax_files = 0".into(),
+            "capture.max_files: must be greater than 0".into(),
+        ),
+        (
+            "[redaction]\npointers = [\"token\"]".into(),
+            "redaction.pointers[0]: \"token\" is not a JSON pointer (it starts with '/')".into(),
+        ),
+        (
+            "[redaction]\nkey_file = \"/nonexistent/redaction.key\"".into(),
+            "redaction.key_file: cannot read /nonexistent/redaction.key: No such file or directory (os error 2)".into(),
+        ),
+        (
+            "[evidence]\nbytes_per_rule = 0".into(),
+            "evidence.bytes_per_rule: must be greater than 0 while evidence.entries_per_rule is".into(),
         ),
         // Bad enumeration values.
         (

@@ -102,6 +102,11 @@ pub trait TransitionJudge {
     fn judge(&mut self, task_id: &str, state: &RecordState) -> Vec<TransitionFinding>;
     /// The state actually sent (after every accepted fix; the original in observe mode).
     fn remember(&mut self, task_id: &str, sent: &RecordState);
+    /// What the last `judge` call compared its record with (the task's memory before it), for
+    /// evidence; `None` when nothing was remembered or the judge does not say.
+    fn compared_with(&self) -> Option<RecordState> {
+        None
+    }
 }
 
 /// A judge for untracked routes: finds nothing, remembers nothing.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response};
+use http::{Method, Response, Uri};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use prometheus::Registry;
@@ -18,11 +18,14 @@ use super::body::InspectBody;
 use super::budget::{Budget, Reservation};
 use super::issue_log::RouteIssueLog;
 use super::metrics::{InspectionFamilies, InspectionMetrics, RouteCounters, RouteLabels, Skip};
+use super::witness::{Inspected, Keepers, Witness};
 use super::BoxError;
+use crate::capture::{Capture, CaptureCounters};
 use crate::coding::{Coding, DecodeError};
 use crate::engine::{
     self, Fix, Inspection, NoMemory, Outcome, RecordVerdict, RouteSpec, RuleMode, RuleSet,
 };
+use crate::evidence::EvidenceBook;
 use crate::report::ReportBook;
 use crate::settings::Settings;
 use crate::tracker::{self, MemoryRoute, StoreMetrics, TaskMemory, TrackerCollector};
@@ -50,6 +53,10 @@ pub struct InspectionState {
     pub memory: Arc<TaskMemory>,
     pub book: Arc<ReportBook>,
     budget: Budget,
+    /// The newest inconsistent records per route and rule.
+    pub evidence: Arc<EvidenceBook>,
+    /// The capture writer, started once when `capture.enabled`.
+    capture: Option<Arc<Capture>>,
 }
 
 /// Everything inspection needs under one configuration, shared by every connection.
@@ -66,6 +73,7 @@ pub struct Inspector {
     narrow_accept_encoding: bool,
     fixed_header: bool,
     shadow_header: bool,
+    keepers: Keepers,
 }
 
 #[derive(Debug)]
@@ -101,6 +109,12 @@ impl InspectionState {
             memory,
             book: Arc::new(ReportBook::new(config.inspect.recent_issues)),
             budget: Budget::new(config.inspect.max_held_bytes),
+            evidence: Arc::new(EvidenceBook::new(
+                config.evidence.entries_per_rule,
+                config.evidence.bytes_per_rule,
+            )),
+            capture: Capture::start(&config.capture, CaptureCounters::register(registry)?)
+                .map(Arc::new),
         })
     }
 }
@@ -159,6 +173,7 @@ impl Inspector {
             narrow_accept_encoding: config.inspect.narrow_accept_encoding,
             fixed_header: config.inspect.fixed_header,
             shadow_header: config.inspect.shadow_header,
+            keepers: Keepers::new(settings, state.evidence.clone(), state.capture.clone()),
         }
     }
 
@@ -181,12 +196,13 @@ impl Inspector {
         }
     }
 
-    /// Inspects the response of configured route `route` to a `method` request from a client
-    /// that accepts `client`'s codings.
+    /// Inspects the response of configured route `route` to a `method` request for `uri` from
+    /// a client that accepts `client`'s codings.
     pub async fn respond<B>(
         self: Arc<Self>,
         route: usize,
         method: &Method,
+        uri: &Uri,
         client: ClientCodings,
         mut response: Response<B>,
     ) -> Response<InspectBody<B>>
@@ -278,7 +294,7 @@ impl Inspector {
             }
         };
 
-        let Some(inspection) = self.run_engine(target, &decoded).await else {
+        let Some((inspection, priors)) = self.run_engine(target, &decoded).await else {
             counters.skip(Skip::Error);
             return replay(head, raw, trailers, reservation);
         };
@@ -293,7 +309,22 @@ impl Inspector {
             }
             Outcome::Checked(records) => records,
         };
-        self.account(target, counters, records);
+        self.account(route, target, counters, records);
+        self.keepers.keep(&Inspected {
+            route,
+            name: &target.name,
+            method,
+            uri,
+            status,
+            content_type: head
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            decoded: &decoded,
+            records,
+            priors: &priors,
+        });
         if self.shadow_header {
             // Whether or not the body changed: the rules in shadow changed nothing either way.
             name_rules(&mut head.headers, SHADOW_HEADER, records, |r| {
@@ -327,17 +358,26 @@ impl Inspector {
     }
 
     /// Runs the engine (twice with a shared task store, around its round trip); a panic
-    /// inside it is caught, logged and reported as `None`.
-    async fn run_engine(&self, target: &InspectedRoute, body: &Bytes) -> Option<Inspection> {
+    /// inside it is caught, logged and reported as `None`. Beside the inspection, what the
+    /// task memory held before each record a transition rule fired on.
+    async fn run_engine(
+        &self,
+        target: &InspectedRoute,
+        body: &Bytes,
+    ) -> Option<(Inspection, Vec<(String, engine::RecordState)>)> {
         // Time in the engine only: the store's round trip is not inspection work.
         let mut engine_time = Duration::ZERO;
         let mut inspect = |judge: &mut dyn engine::TransitionJudge| {
             let started = Instant::now();
+            let mut witness = Witness {
+                inner: judge,
+                priors: Vec::new(),
+            };
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                engine::inspect(&self.rules, &target.spec, body, judge)
+                engine::inspect(&self.rules, &target.spec, body, &mut witness)
             }));
             engine_time += started.elapsed();
-            result
+            result.map(|inspection| (inspection, witness.priors))
         };
         let result = match &target.memory {
             Some(route) => self.memory.judged(route, &mut inspect).await,
@@ -353,14 +393,17 @@ impl Inspector {
         }
     }
 
-    /// Counts, logs and reports the verdicts of one body.
+    /// Counts, logs and reports the verdicts of one body; logged and reported values redacted.
     fn account(
         &self,
+        route: usize,
         target: &InspectedRoute,
         counters: &RouteCounters,
         records: &[RecordVerdict],
     ) {
+        let redacted = self.keepers.redacted(route);
         for record in records {
+            let record = &*self.keepers.redactor.verdict(redacted, record);
             counters.checks.inc();
             counters.results[record.level as usize].inc();
             let task_id = record.task_id.as_deref().unwrap_or("-");

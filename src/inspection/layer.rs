@@ -82,6 +82,7 @@ where
             };
         };
         let method = req.method().clone();
+        let uri = req.uri().clone();
         let client =
             ClientCodings::negotiate(req.headers_mut(), self.inspector.narrows_accept_encoding());
         let inspector = self.inspector.clone();
@@ -89,7 +90,7 @@ where
         ResponseFuture::Inspect {
             inspecting: Box::pin(async move {
                 let response = answer.await?;
-                Ok(inspector.respond(route, &method, client, response).await)
+                Ok(inspector.respond(route, &method, &uri, client, response).await)
             }),
         }
     }

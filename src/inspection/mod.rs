@@ -13,6 +13,7 @@ mod inspector;
 mod issue_log;
 mod layer;
 mod metrics;
+mod witness;
 
 pub use accept::ClientCodings;
 pub use body::InspectBody;

@@ -87,6 +87,8 @@ pub struct RouteMemory<'a> {
     tracker: &'a TaskTracker,
     route: u16,
     now_ms: u64,
+    /// What the last `judge` compared with.
+    compared: Option<Snapshot>,
 }
 
 /// The stalled tasks now: how many per (route, stage), and the longest stalled.
@@ -225,6 +227,7 @@ impl TaskTracker {
             tracker: self,
             route,
             now_ms: self.now_ms(),
+            compared: None,
         }
     }
 
@@ -609,11 +612,23 @@ impl RouteMemory<'_> {
 
 impl TransitionJudge for RouteMemory<'_> {
     fn judge(&mut self, task_id: &str, state: &RecordState) -> Vec<TransitionFinding> {
-        self.tracker.judge(self.route, self.now_ms, task_id, state)
+        let findings = self.tracker.judge(self.route, self.now_ms, task_id, state);
+        // Only a finding needs it as evidence; the lookup is not repeated otherwise.
+        self.compared = if findings.is_empty() {
+            None
+        } else {
+            self.recall(task_id)
+        };
+        findings
     }
 
     fn remember(&mut self, task_id: &str, sent: &RecordState) {
         self.tracker
             .remember(self.route, self.now_ms, task_id, sent);
+    }
+
+    fn compared_with(&self) -> Option<RecordState> {
+        let last = self.compared?;
+        Some(self.tracker.transitions.load().state_of(&last))
     }
 }

@@ -86,6 +86,8 @@ struct Recalled<'a> {
     /// Each task of this body: its memory after its records so far, and the index of its
     /// last record the script wrote.
     tasks: Vec<(String, Snapshot, Option<usize>)>,
+    /// What the last `judge` compared with, kept past `remember` for evidence.
+    compared: Option<Snapshot>,
 }
 
 // === impl TaskMemory ===
@@ -277,6 +279,7 @@ impl TaskMemory {
             in_step: true,
             judging: (None, None),
             tasks: Vec::new(),
+            compared: None,
         };
         let result = run(&mut judge);
         let corrections = judge.corrections();
@@ -401,6 +404,7 @@ impl TransitionJudge for Recalled<'_> {
                 .or_else(|| self.local.recall(task_id)),
         };
         self.judging = (before, in_step.then_some(index));
+        self.compared = before;
         match before {
             Some(last) => self
                 .transitions
@@ -422,5 +426,9 @@ impl TransitionJudge for Recalled<'_> {
             }
             None => self.tasks.push((task_id.to_owned(), memory, index)),
         }
+    }
+
+    fn compared_with(&self) -> Option<RecordState> {
+        Some(self.transitions.state_of(&self.compared?))
     }
 }

@@ -110,6 +110,16 @@ impl Transitions {
         }
     }
 
+    /// The fields a snapshot holds, named as the model names them.
+    pub fn state_of(&self, memory: &Snapshot) -> RecordState {
+        RecordState {
+            status: (memory.status != UNKNOWN).then(|| self.status_name(memory.status).to_owned()),
+            stage: (memory.stage != UNKNOWN).then(|| self.stage_name(memory.stage).to_owned()),
+            progress: (!memory.progress.is_nan()).then_some(memory.progress),
+            is_completed: None,
+        }
+    }
+
     /// Judges `now` (the record as it would be sent) against `last` (what was sent before).
     pub fn judge(&self, last: &Snapshot, now: &Snapshot) -> Vec<TransitionFinding> {
         let mut findings = Vec::new();
