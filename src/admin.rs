@@ -1,6 +1,6 @@
 //! The admin port: `/healthz` (alive), `/readyz` (upstream reachable), `/metrics` (Prometheus),
-//! the consistency report as `/report` (text) and `/report.json`, and the status page at `/` and
-//! `/status`.
+//! the consistency report as `/report` (text) and `/report.json`, the status page at `/` and
+//! `/status`, and the records behind issues: `/evidence` and `/tasks/{id}` (`admin/evidence.rs`).
 //!
 //! A plain service matching the path; it lives on its own port because it must not be public.
 //! The status page is one self-contained HTML file compiled into the binary: it loads nothing
@@ -117,9 +117,13 @@ impl Admin {
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 response
             }
+            "/evidence" => evidence::evidence(&self.sidecar, req.uri().query()),
+            path if path.starts_with("/tasks/") => {
+                evidence::task(&self.sidecar, &path["/tasks/".len()..]).await
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "try /status, /healthz, /readyz, /metrics, /report, /report.json\n",
+                "try /status, /healthz, /readyz, /metrics, /report, /report.json, /evidence, /tasks/{id}\n",
             ),
         }
     }
@@ -217,6 +221,8 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     );
     response
 }
+
+mod evidence;
 
 #[cfg(test)]
 mod tests;

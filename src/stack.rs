@@ -137,6 +137,11 @@ impl Sidecar {
         self.inspection.memory.clone()
     }
 
+    /// The evidence rings, kept across generations.
+    pub fn evidence(&self) -> Arc<crate::evidence::EvidenceBook> {
+        self.inspection.evidence.clone()
+    }
+
     /// The report book, kept across generations.
     pub fn book(&self) -> Arc<ReportBook> {
         self.inspection.book.clone()

@@ -91,6 +91,19 @@ pub struct RouteMemory<'a> {
     compared: Option<Snapshot>,
 }
 
+/// What the memory holds for one task, for `/tasks/{id}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    pub route: String,
+    /// `local`, or `redis` when read from the shared memory.
+    pub store: &'static str,
+    /// The last state sent, as far as the memory keeps it (not `is_completed`).
+    pub state: RecordState,
+    /// Unix ms: first seen, last change of its state, last change of its stage, last polled.
+    pub times: [u64; 4],
+    pub stalled: bool,
+}
+
 /// The stalled tasks now: how many per (route, stage), and the longest stalled.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StalledNow {
@@ -403,6 +416,24 @@ impl TaskTracker {
             })
             .collect();
         StalledNow { counts, oldest }
+    }
+
+    /// What local memory holds for `task_id` on route `route`, with its times.
+    pub fn task(&self, route: &str, task_id: &str) -> Option<TaskView> {
+        let id = {
+            let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+            routes.iter().position(|r| r.as_deref() == Some(route))?
+        };
+        let key = self.key(u16::try_from(id).ok()?, task_id);
+        let now_ms = self.now_ms();
+        let (memory, times, stalled) = self.lock(self.shard(key.hash)).times(key, self.clock(now_ms))?;
+        Some(TaskView {
+            route: route.to_owned(),
+            store: "local",
+            state: self.transitions.load().state_of(&memory),
+            times: times.map(|ms| self.unix_epoch_ms + ms),
+            stalled,
+        })
     }
 
     /// The names of the routes memory is kept for now.

@@ -23,7 +23,7 @@ mod stall;
 mod store;
 mod transition;
 
-pub use memory::{EvictionReason, RouteMemory, StalledNow, TaskTracker};
+pub use memory::{EvictionReason, RouteMemory, StalledNow, TaskTracker, TaskView};
 pub use metrics::TrackerCollector;
 pub use redis::check_url as check_redis_url;
 pub use stall::{StalledTask, LISTED as STALLED_LISTED};

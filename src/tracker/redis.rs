@@ -404,6 +404,34 @@ impl RedisStore {
         self.corrected.load(Ordering::Relaxed)
     }
 
+    /// The value Redis holds for one task and, while it is not terminal, when it was last
+    /// polled (Unix ms), read by `deadline`; `None` when Redis fails, which is not counted
+    /// against the store, as no response waits on it.
+    pub async fn read(
+        &self,
+        route: &str,
+        task_id: &str,
+        deadline: Instant,
+    ) -> Option<(Option<String>, Option<f64>)> {
+        let (head, tail) = self.index_names(route);
+        let read = tokio::time::timeout_at(deadline, async {
+            let mut connection = self.connection().await?;
+            redis::pipe()
+                .cmd("GET")
+                .arg(self.key(route, task_id))
+                .cmd("ZSCORE")
+                .arg(format!("{head}polled{tail}"))
+                .arg(task_id)
+                .query_async::<(Option<String>, Option<f64>)>(&mut connection)
+                .await
+        })
+        .await;
+        match read {
+            Ok(Ok(value)) => Some(value),
+            _ => None,
+        }
+    }
+
     /// Runs a script call by `deadline`; failures are counted and mark the store down.
     async fn call<T: redis::FromRedisValue>(
         self: &Arc<Self>,
@@ -676,6 +704,15 @@ pub(crate) fn decode(value: &str) -> Option<Snapshot> {
         status,
         progress,
     })
+}
+
+/// The times in a value (first, changed, stage since, in Unix ms) and its stalled flag.
+pub(crate) fn decode_times(value: &str) -> Option<([u64; 3], bool)> {
+    let mut parts = value.splitn(7, ':').skip(2);
+    let mut time = || -> Option<u64> { parts.next()?.parse().ok() };
+    let times = [time()?, time()?, time()?];
+    let stalled = parts.next()? == "1";
+    Some((times, stalled))
 }
 
 /// FNV-1a (32 bits) of the model's stages, failed stage and statuses: the names the codes in

@@ -132,6 +132,16 @@ impl Shard {
         (slot.holds(key) && !clock.expired(slot.seen_ms)).then_some(slot.snapshot())
     }
 
+    /// The unexpired memory of a task with its times (first seen, last change, stage since,
+    /// last polled) and whether it is stalled, without touching its recency.
+    pub fn times(&self, key: Key<'_>, clock: Clock) -> Option<(Snapshot, [u64; 4], bool)> {
+        let slot = &self.slots[*self.index.get(&key.hash)? as usize];
+        (slot.holds(key) && !clock.expired(slot.seen_ms)).then(|| {
+            let times = [slot.first_ms, slot.changed_ms, slot.stage_ms, slot.seen_ms];
+            (slot.snapshot(), times, slot.stalled)
+        })
+    }
+
     /// Records what was sent for a task and makes it the most recently seen; judges from its
     /// timestamps whether it stalled, recovered or left a stage (see [`Slot::observe`]).
     ///

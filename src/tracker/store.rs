@@ -14,7 +14,7 @@ use std::sync::Arc;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::time::Instant;
 
-use super::memory::{RouteMemory, StalledNow, TaskTracker};
+use super::memory::{RouteMemory, StalledNow, TaskTracker, TaskView};
 use super::redis::{self, Candidate, Correction, Exchanged, Holds, RedisStore};
 use super::stall::StalledTask;
 use super::transition::{Snapshot, Transitions};
@@ -206,6 +206,32 @@ impl TaskMemory {
                 })
                 .collect(),
         }
+    }
+
+    /// What the memory holds for `task_id` on route `route`: with Redis the shared memory (a
+    /// finished task has left the poll index: its last poll is then the one this replica
+    /// saw, or its last change); local memory when Redis has nothing or fails.
+    pub async fn task(&self, route: &str, task_id: &str) -> Option<TaskView> {
+        let local = self.local.task(route, task_id);
+        let Some(redis) = &self.shared else {
+            return local;
+        };
+        let deadline = Instant::now() + redis.timeout();
+        let Some((Some(value), polled)) = redis.read(route, task_id, deadline).await else {
+            return local;
+        };
+        let (memory, (times, stalled)) = (redis::decode(&value)?, redis::decode_times(&value)?);
+        let polled = match polled {
+            Some(ms) => ms as u64,
+            None => local.as_ref().map_or(times[1], |view| view.times[3]),
+        };
+        Some(TaskView {
+            route: route.to_owned(),
+            store: "redis",
+            state: self.local.transitions().state_of(&memory),
+            times: [times[0], times[1], times[2], polled],
+            stalled,
+        })
     }
 
     /// Waits for the upkeep's work on the shared store, then runs it once more (nothing
