@@ -2,6 +2,7 @@
 //! newest kept. An entry with several issues is shared by the rings of its rules.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::entry::Entry;
@@ -13,11 +14,14 @@ pub struct EvidenceBook {
     bytes_per_rule: usize,
     /// Keyed by (route, rule). A lock held only to push or to copy out a few `Arc`s.
     rings: Mutex<HashMap<(Arc<str>, Arc<str>), Ring>>,
+    /// Numbers entries in the order kept: newer than any clock can tell apart.
+    kept: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Ring {
-    entries: VecDeque<(Arc<Entry>, usize)>,
+    /// Each entry with its size and its number.
+    entries: VecDeque<(Arc<Entry>, usize, u64)>,
     bytes: usize,
 }
 
@@ -38,6 +42,7 @@ impl EvidenceBook {
             entries_per_rule,
             bytes_per_rule,
             rings: Mutex::new(HashMap::new()),
+            kept: AtomicU64::new(0),
         }
     }
 
@@ -54,6 +59,7 @@ impl EvidenceBook {
             return;
         }
         let entry = Arc::new(entry);
+        let number = self.kept.fetch_add(1, Ordering::Relaxed);
         let mut rules: Vec<&Arc<str>> = entry.rules().collect();
         rules.sort_unstable();
         rules.dedup();
@@ -62,11 +68,11 @@ impl EvidenceBook {
             let ring = rings
                 .entry((entry.route.clone(), rule.clone()))
                 .or_default();
-            ring.entries.push_back((entry.clone(), size));
+            ring.entries.push_back((entry.clone(), size, number));
             ring.bytes += size;
             while ring.entries.len() > self.entries_per_rule || ring.bytes > self.bytes_per_rule {
                 match ring.entries.pop_front() {
-                    Some((_, size)) => ring.bytes -= size,
+                    Some((_, size, _)) => ring.bytes -= size,
                     None => break,
                 }
             }
@@ -75,7 +81,7 @@ impl EvidenceBook {
 
     /// The entries matching `query`, newest first, each once, at most `query.limit`.
     pub fn find(&self, query: &Query) -> Vec<Arc<Entry>> {
-        let mut found: Vec<Arc<Entry>> = {
+        let mut found: Vec<(u64, Arc<Entry>)> = {
             let rings = self.lock();
             rings
                 .iter()
@@ -83,27 +89,21 @@ impl EvidenceBook {
                     query.route.as_deref().is_none_or(|r| r == &**route)
                         && query.rule.as_deref().is_none_or(|r| r == &**rule)
                 })
-                .flat_map(|(_, ring)| ring.entries.iter().map(|(entry, _)| entry))
-                .filter(|entry| {
+                .flat_map(|(_, ring)| ring.entries.iter())
+                .filter(|(entry, _, _)| {
                     query
                         .task
                         .as_deref()
                         .is_none_or(|t| entry.task_id.as_deref() == Some(t))
                 })
-                .cloned()
+                .map(|(entry, _, number)| (*number, entry.clone()))
                 .collect()
         };
-        found.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
         // An entry of several rules comes once per ring.
-        let mut seen: Vec<*const Entry> = Vec::with_capacity(found.len());
-        found.retain(|entry| {
-            let at = Arc::as_ptr(entry);
-            let new = !seen.contains(&at);
-            seen.push(at);
-            new
-        });
+        found.dedup_by_key(|(number, _)| *number);
         found.truncate(query.limit);
-        found
+        found.into_iter().map(|(_, entry)| entry).collect()
     }
 
     /// (entries, bytes) held now, over every ring (an entry shared by rings counts in each).

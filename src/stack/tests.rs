@@ -438,3 +438,5 @@ async fn a_stalled_task_is_counted_and_its_responses_pass_byte_for_byte() {
         "every stage of every tracked route is shown, at zero"
     );
 }
+
+mod evidence;
