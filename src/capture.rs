@@ -198,7 +198,9 @@ impl DropLog {
         let due = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state.1 += 1;
-            let due = state.0.is_none_or(|last| now.duration_since(last) >= LOG_WINDOW);
+            let due = state
+                .0
+                .is_none_or(|last| now.duration_since(last) >= LOG_WINDOW);
             if due {
                 let count = std::mem::take(&mut state.1);
                 state.0 = Some(now);
@@ -209,7 +211,9 @@ impl DropLog {
         };
         if let Some(count) = due {
             match error {
-                Some(error) => tracing::warn!(count, error = %error, window = "10s", "{}", self.what),
+                Some(error) => {
+                    tracing::warn!(count, error = %error, window = "10s", "{}", self.what)
+                }
                 None => tracing::warn!(count, window = "10s", "{}", self.what),
             }
         }

@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand};
 use crate::commands::check_config::CheckConfigArgs;
 use crate::commands::demo::DemoArgs;
 use crate::commands::inspect::InspectArgs;
+use crate::commands::replay::ReplayArgs;
 use crate::commands::report::ReportArgs;
 use crate::commands::run::RunArgs;
-use crate::commands::{check_config, demo, inspect, report, run};
+use crate::commands::{check_config, demo, inspect, replay, report, run};
 
 /// A reverse proxy that sits beside the legacy task backend, checks every JSON task-status
 /// response against declarative consistency rules, fixes contradictions in flight, and exports
@@ -39,6 +40,11 @@ pub enum Command {
     /// Show the whole story in a few seconds: a built-in stand-in of the legacy backend that
     /// injects inconsistencies, the sidecar in front of it, and polling clients; then the report.
     Demo(DemoArgs),
+    /// Replay captures or HAR files through a configuration (and another, with `--against`),
+    /// and show per route and rule what each does and which tasks would be sent other bytes.
+    ///
+    /// Exit status: 0 the same bytes, 1 they differ, 2 unreadable input.
+    Replay(ReplayArgs),
 }
 
 /// Runs the parsed command; the returned code is the process's exit status.
@@ -50,5 +56,6 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Inspect(args)) => inspect::run(&args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::Demo(args)) => demo::run(&args),
+        Some(Command::Replay(args)) => replay::run(&args),
     }
 }

@@ -182,7 +182,11 @@ impl Redactor {
 
     /// A verdict as it may be logged or reported: the values of `fields` in its fixes and
     /// messages replaced by their hashes. Itself when none of its fields is redacted.
-    pub fn verdict<'a>(&self, fields: &[Field], verdict: &'a RecordVerdict) -> Cow<'a, RecordVerdict> {
+    pub fn verdict<'a>(
+        &self,
+        fields: &[Field],
+        verdict: &'a RecordVerdict,
+    ) -> Cow<'a, RecordVerdict> {
         if fields.is_empty() {
             return Cow::Borrowed(verdict);
         }
@@ -204,7 +208,11 @@ impl Redactor {
                 (t, self.hash(json.as_bytes()))
             }));
         }
-        for fix in scrubbed.fixes.iter_mut().chain(scrubbed.shadow_fixes.iter_mut()) {
+        for fix in scrubbed
+            .fixes
+            .iter_mut()
+            .chain(scrubbed.shadow_fixes.iter_mut())
+        {
             if fields.contains(&fix.field) {
                 for raw in [&mut fix.before, &mut fix.after] {
                     let text = serde_json::from_str::<Value>(raw)

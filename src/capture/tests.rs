@@ -75,7 +75,10 @@ fn files_rotate_by_size_only_max_files_are_kept_and_each_is_0600() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["capture.ndjson", "capture.ndjson.1", "capture.ndjson.2"]);
+    assert_eq!(
+        names,
+        ["capture.ndjson", "capture.ndjson.1", "capture.ndjson.2"]
+    );
     let mut newest_last = Vec::new();
     for name in ["capture.ndjson.2", "capture.ndjson.1", "capture.ndjson"] {
         let file = dir.path().join(name);

@@ -4,6 +4,7 @@
 //! - `run`: the proxy (the default command).
 //! - `check_config`: validate a file and print the effective configuration.
 //! - `inspect`: the engine on one body from a file or stdin.
+//! - `replay`: captures and HAR files through two configurations, and where they differ.
 //! - `report`: the report of a running sidecar, fetched from its admin port.
 //! - `demo`: a stand-in backend, the sidecar and polling clients, in one process.
 //! - `admin_client`: the small HTTP GET behind `report` and `demo`.
@@ -19,6 +20,7 @@ mod admin_client;
 pub mod check_config;
 pub mod demo;
 pub mod inspect;
+pub mod replay;
 pub mod report;
 pub mod run;
 

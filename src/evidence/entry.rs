@@ -107,9 +107,8 @@ impl Entry {
                 None => received.push((fix.field, before)),
             }
         }
-        let fix_value = |field: Field, raw: &str| {
-            hide(field, serde_json::from_str(raw).unwrap_or(Value::Null))
-        };
+        let fix_value =
+            |field: Field, raw: &str| hide(field, serde_json::from_str(raw).unwrap_or(Value::Null));
         let fixes = record
             .fixes
             .iter()
@@ -176,7 +175,9 @@ impl Entry {
             + self
                 .fixes
                 .iter()
-                .map(|f| std::mem::size_of::<EntryFix>() + value_size(&f.before) + value_size(&f.after))
+                .map(|f| {
+                    std::mem::size_of::<EntryFix>() + value_size(&f.before) + value_size(&f.after)
+                })
                 .sum::<usize>()
     }
 

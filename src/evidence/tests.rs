@@ -60,8 +60,18 @@ fn a_flood_stays_within_the_entry_bound_of_each_ring_and_keeps_the_newest() {
     let redactor = no_redaction();
     let book = EvidenceBook::new(16, 1 << 20);
     for i in 0..10_000 {
-        book.keep(entry("task_status", &format!("t{i}"), &["completed_stage"], &redactor));
-        book.keep(entry("test_history", &format!("h{i}"), &["failed_stage"], &redactor));
+        book.keep(entry(
+            "task_status",
+            &format!("t{i}"),
+            &["completed_stage"],
+            &redactor,
+        ));
+        book.keep(entry(
+            "test_history",
+            &format!("h{i}"),
+            &["failed_stage"],
+            &redactor,
+        ));
     }
     for (_, _, entries, _) in book.rings() {
         assert_eq!(entries, 16);
@@ -74,7 +84,10 @@ fn a_flood_stays_within_the_entry_bound_of_each_ring_and_keeps_the_newest() {
     let ids: Vec<&str> = found.iter().filter_map(|e| e.task_id.as_deref()).collect();
     let newest: Vec<String> = (10_000 - 16..10_000).map(|i| format!("t{i}")).collect();
     for id in &newest {
-        assert!(ids.contains(&id.as_str()), "{id} is among the newest: {ids:?}");
+        assert!(
+            ids.contains(&id.as_str()),
+            "{id} is among the newest: {ids:?}"
+        );
     }
     assert_eq!(ids.len(), 16);
 }
@@ -86,7 +99,12 @@ fn a_flood_stays_within_the_byte_bound_of_each_ring_and_keeps_the_newest() {
     let bound = one * 5 + one / 2;
     let book = EvidenceBook::new(1000, bound);
     for i in 0..5_000 {
-        book.keep(entry("task_status", &format!("t{i:05}"), &["completed_stage"], &redactor));
+        book.keep(entry(
+            "task_status",
+            &format!("t{i:05}"),
+            &["completed_stage"],
+            &redactor,
+        ));
         let (_, bytes) = book.held();
         assert!(bytes <= bound, "{bytes} > {bound}");
     }
@@ -104,7 +122,12 @@ fn a_flood_stays_within_the_byte_bound_of_each_ring_and_keeps_the_newest() {
 fn an_entry_of_two_rules_is_kept_in_both_rings_and_found_once() {
     let redactor = no_redaction();
     let book = EvidenceBook::new(4, 1 << 20);
-    book.keep(entry("task_status", "both", &["completed_stage", "terminal_not_marked"], &redactor));
+    book.keep(entry(
+        "task_status",
+        "both",
+        &["completed_stage", "terminal_not_marked"],
+        &redactor,
+    ));
     assert_eq!(book.rings().len(), 2);
     let all = book.find(&Query {
         limit: 10,

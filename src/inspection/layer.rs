@@ -90,7 +90,9 @@ where
         ResponseFuture::Inspect {
             inspecting: Box::pin(async move {
                 let response = answer.await?;
-                Ok(inspector.respond(route, &method, &uri, client, response).await)
+                Ok(inspector
+                    .respond(route, &method, &uri, client, response)
+                    .await)
             }),
         }
     }

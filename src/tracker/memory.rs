@@ -426,7 +426,9 @@ impl TaskTracker {
         };
         let key = self.key(u16::try_from(id).ok()?, task_id);
         let now_ms = self.now_ms();
-        let (memory, times, stalled) = self.lock(self.shard(key.hash)).times(key, self.clock(now_ms))?;
+        let (memory, times, stalled) = self
+            .lock(self.shard(key.hash))
+            .times(key, self.clock(now_ms))?;
         Some(TaskView {
             route: route.to_owned(),
             store: "local",

@@ -338,8 +338,12 @@ class Ledger:
         self.specials = {k: 0 for k in SPECIALS}
         self.codings = {k: 0 for k in CODINGS}
         self.accept_encodings = set()  # each distinct Accept-Encoding an inspected request had
+        # route -> rule -> the task ids it was injected into
+        self.injected = {r: {k: set() for k in RULES} for r in ROUTES}
 
-    def count(self, route, rule):
+    def count(self, route, rule, task_id=None):
+        if rule is not None and task_id is not None:
+            self.injected[route][rule].add(task_id)
         r = self.routes[route]
         r["records"] += 1
         if rule is None:
@@ -350,7 +354,9 @@ class Ledger:
 
     def snapshot(self):
         return {"routes": json.loads(json.dumps(self.routes)), "specials": dict(self.specials),
-                "codings": dict(self.codings), "accept_encodings": sorted(self.accept_encodings)}
+                "codings": dict(self.codings), "accept_encodings": sorted(self.accept_encodings),
+                "injected_tasks": {r: {k: sorted(ids) for k, ids in rules.items()}
+                                   for r, rules in self.injected.items()}}
 
 
 class Backend:
@@ -377,7 +383,7 @@ class Backend:
         if record["status"] in TERMINAL_VARIANTS and self.inject_rate > 0:
             if self.rng.random() < self.inject_rate:
                 rule = self.rng.choice(TERMINAL_VARIANTS[record["status"]])
-        self.ledger.count(route, rule)
+        self.ledger.count(route, rule, record.get("task_id"))
         return (inject(record, rule) if rule else record), rule
 
     def new_id(self):

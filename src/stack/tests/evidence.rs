@@ -9,7 +9,9 @@ use crate::admin::Admin;
 use crate::config::CaptureWhich;
 
 /// An upstream answering the bodies in turn, as JSON.
-fn answering(bodies: &[&'static str]) -> impl tower::Service<
+fn answering(
+    bodies: &[&'static str],
+) -> impl tower::Service<
     Request<ProxyBody>,
     Response = Response<TestBody>,
     Error = UpstreamError,
@@ -33,7 +35,12 @@ async fn admin_json(admin: &Admin, path: &str) -> (StatusCode, serde_json::Value
         .handle(Request::get(path).body(()).expect("request"))
         .await;
     let status = response.status();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, serde_json::from_slice(&body).expect("JSON"))
 }
 
@@ -90,7 +97,10 @@ async fn tasks_id_tells_a_task_seen_through_transitions_its_last_state_times_and
     assert_eq!(regressed["prior"]["progress"], 50);
     assert_eq!(regressed["received"]["stage"], "ai_fetching");
     // The whole body is kept, with the brand hashed: equal values, equal hashes.
-    let bodies: Vec<&str> = evidence.iter().map(|e| e["body"].as_str().expect("body")).collect();
+    let bodies: Vec<&str> = evidence
+        .iter()
+        .map(|e| e["body"].as_str().expect("body"))
+        .collect();
     let hash = |body: &str| -> String {
         let value: serde_json::Value = serde_json::from_str(body).expect("JSON");
         value["brand"].as_str().expect("string").to_owned()
@@ -99,9 +109,14 @@ async fn tasks_id_tells_a_task_seen_through_transitions_its_last_state_times_and
     assert!(hash(bodies[0]).starts_with("REDACTED-"));
     assert_eq!(hash(bodies[0]), hash(bodies[1]));
 
-    let (status, found) = admin_json(&admin, "/evidence?rule=stage_regression&task=t7&limit=5").await;
+    let (status, found) =
+        admin_json(&admin, "/evidence?rule=stage_regression&task=t7&limit=5").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(found["entries"].as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!(
+        found["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{found}"
+    );
     let (status, _) = admin_json(&admin, "/tasks/never-seen").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = admin_json(&admin, "/evidence?limit=lots").await;
@@ -127,15 +142,26 @@ async fn an_unwritable_capture_path_never_fails_a_response_and_is_counted() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let dropped = || {
-        metric(&sidecar, "consistency_capture_lines_total", &[("outcome", "write_failed")])
-            + metric(&sidecar, "consistency_capture_lines_total", &[("outcome", "queue_full")])
+        metric(
+            &sidecar,
+            "consistency_capture_lines_total",
+            &[("outcome", "write_failed")],
+        ) + metric(
+            &sidecar,
+            "consistency_capture_lines_total",
+            &[("outcome", "queue_full")],
+        )
     };
     while dropped() < 20.0 {
         assert!(Instant::now() < deadline, "drops counted within 10s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        metric(&sidecar, "consistency_capture_lines_total", &[("outcome", "written")]),
+        metric(
+            &sidecar,
+            "consistency_capture_lines_total",
+            &[("outcome", "written")]
+        ),
         0.0
     );
 }
@@ -176,5 +202,7 @@ async fn a_capture_line_holds_the_body_as_received_redacted() {
     let body: serde_json::Value = serde_json::from_str(&line.body).expect("JSON");
     // As received: the stale stage, not the fix.
     assert_eq!(body["stage"], "ai_fetching");
-    assert!(body["owner"]["email"].as_str().is_some_and(|e| e.starts_with("REDACTED-")));
+    assert!(body["owner"]["email"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("REDACTED-")));
 }
