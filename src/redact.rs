@@ -227,7 +227,7 @@ impl Redactor {
             }
         }
         values.retain(|(text, _)| !text.is_empty());
-        values.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        values.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
         for issue in &mut scrubbed.issues {
             for (text, hashed) in &values {
                 if issue.message.contains(text.as_str()) {

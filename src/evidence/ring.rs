@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::entry::Entry;
 
+/// The rings, keyed by (route, rule).
+type Rings = HashMap<(Arc<str>, Arc<str>), Ring>;
+
 /// The rings of every route and rule; shared by every connection and every configuration.
 #[derive(Debug)]
 pub struct EvidenceBook {
     entries_per_rule: usize,
     bytes_per_rule: usize,
     /// Keyed by (route, rule). A lock held only to push or to copy out a few `Arc`s.
-    rings: Mutex<HashMap<(Arc<str>, Arc<str>), Ring>>,
+    rings: Mutex<Rings>,
     /// Numbers entries in the order kept: newer than any clock can tell apart.
     kept: AtomicU64,
 }
@@ -86,20 +89,20 @@ impl EvidenceBook {
             rings
                 .iter()
                 .filter(|((route, rule), _)| {
-                    query.route.as_deref().is_none_or(|r| r == &**route)
-                        && query.rule.as_deref().is_none_or(|r| r == &**rule)
+                    query.route.as_deref().map_or(true, |r| r == &**route)
+                        && query.rule.as_deref().map_or(true, |r| r == &**rule)
                 })
                 .flat_map(|(_, ring)| ring.entries.iter())
                 .filter(|(entry, _, _)| {
                     query
                         .task
                         .as_deref()
-                        .is_none_or(|t| entry.task_id.as_deref() == Some(t))
+                        .map_or(true, |t| entry.task_id.as_deref() == Some(t))
                 })
                 .map(|(entry, _, number)| (*number, entry.clone()))
                 .collect()
         };
-        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.sort_unstable_by_key(|(number, _)| std::cmp::Reverse(*number));
         // An entry of several rules comes once per ring.
         found.dedup_by_key(|(number, _)| *number);
         found.truncate(query.limit);
@@ -123,7 +126,7 @@ impl EvidenceBook {
             .collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(Arc<str>, Arc<str>), Ring>> {
+    fn lock(&self) -> MutexGuard<'_, Rings> {
         // Entries are pushed and popped whole: a panic elsewhere cannot leave a ring half-updated.
         self.rings.lock().unwrap_or_else(PoisonError::into_inner)
     }
