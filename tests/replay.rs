@@ -1,6 +1,7 @@
 //! `consistency-sidecar replay` on real traffic: a capture taken in front of the Python
 //! stand-in, replayed with a rule added in the new configuration, names exactly the tasks the
-//! stand-in broke that rule in; identical configurations send the same bytes.
+//! stand-in broke that rule in; identical configurations send the same bytes; a HAR saved from
+//! a real headless Chromium polling through the sidecar replays as the capture of that run.
 
 mod support;
 
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::browser::Browser;
 use support::*;
 
 /// Tasks created, and polls of each: five finish a task, the rest poll it finished.
@@ -157,4 +159,106 @@ async fn a_rule_added_in_new_names_exactly_the_tasks_the_stand_in_broke_it_in() 
     assert_eq!(out.status.code(), Some(2));
     let out = replay(&["--config", new, "/nonexistent/capture.ndjson"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The task ids `replay --json` says differ, and its exit status.
+fn differing(args: &[&str]) -> (Option<i32>, BTreeSet<String>) {
+    let out = replay(args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "JSON report ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let tasks = report["differing_tasks"]
+        .as_array()
+        .expect("differing tasks")
+        .iter()
+        .map(|d| d["task_id"].as_str().expect("id").to_owned())
+        .collect();
+    (out.status.code(), tasks)
+}
+
+#[tokio::test]
+async fn a_har_from_chromium_polling_through_the_sidecar_replays_as_the_capture_of_that_run() {
+    let Some(standin) = StandIn::start(&["--inject-rate", "0.6", "--seed", "23"]).await else {
+        return;
+    };
+    let Some(mut browser) = Browser::launch() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("capture.ndjson");
+    // Observe mode: the browser gets the backend's bytes, as a HAR saved without the sidecar
+    // (or before the fix) would hold them.
+    let config = format!(
+        "mode = \"observe\"\n[capture]\nenabled = true\nwhich = \"all\"\npath = \"{}\"\n",
+        capture.display()
+    );
+    let sidecar = Sidecar::start(&standin.url(), &config).await;
+    let tasks = 12;
+    browser.open(&sidecar.url(&format!("/__poller?tasks={tasks}")));
+    browser.wait_until(
+        "the poller to finish",
+        std::time::Duration::from_secs(60),
+        |b| (b.evaluate("window.done") == true).then_some(()),
+    );
+    assert_eq!(browser.evaluate("window.failure"), Value::Null);
+    let polls = browser
+        .evaluate("window.seen.length")
+        .as_u64()
+        .expect("a count") as usize;
+    let har = browser.har();
+    let har_path = dir.path().join("polling.har");
+    std::fs::write(&har_path, serde_json::to_vec_pretty(&har).expect("HAR")).expect("write");
+    let statuses = har["log"]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| {
+            e["request"]["url"]
+                .as_str()
+                .is_some_and(|u| u.contains("/test/status/"))
+        })
+        .count();
+    assert_eq!(statuses, polls, "every poll is in the HAR");
+    captured(&capture, polls).await;
+
+    let old = dir.path().join("old.toml");
+    std::fs::write(
+        &old,
+        "[[rules]]\nname = \"completed_stage\"\nenabled = false\n",
+    )
+    .expect("write");
+    let new = dir.path().join("new.toml");
+    std::fs::write(&new, "").expect("write");
+    let (old, new) = (old.to_str().expect("utf-8"), new.to_str().expect("utf-8"));
+    let from_capture = differing(&[
+        "--config",
+        new,
+        "--against",
+        old,
+        "--json",
+        capture.to_str().expect("utf-8"),
+    ]);
+    let from_har = differing(&[
+        "--config",
+        new,
+        "--against",
+        old,
+        "--json",
+        har_path.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(from_har, from_capture);
+
+    let ledger = standin.ledger().await;
+    let broken: BTreeSet<String> = ledger["injected_tasks"]["task_status"]["completed_stage"]
+        .as_array()
+        .expect("injected tasks")
+        .iter()
+        .map(|id| id.as_str().expect("id").to_owned())
+        .collect();
+    assert!(!broken.is_empty(), "{ledger}");
+    assert_eq!(from_har, (Some(1), broken));
 }

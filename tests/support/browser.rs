@@ -198,6 +198,72 @@ impl Browser {
             .count()
     }
 
+    /// The page's traffic so far as HAR 1.2, as DevTools' "Save all as HAR with content"
+    /// writes it: one entry per finished request, from the Network domain's events, each
+    /// body read back with `Network.getResponseBody`.
+    pub fn har(&mut self) -> Value {
+        let finished: Vec<String> = self
+            .page_events("Network.loadingFinished")
+            .filter_map(|e| e["params"]["requestId"].as_str())
+            .map(str::to_string)
+            .collect();
+        let mut entries = Vec::new();
+        for id in finished {
+            let sent = self
+                .page_events("Network.requestWillBeSent")
+                .find(|e| e["params"]["requestId"] == id.as_str())
+                .map(|e| e["params"].clone());
+            let received = self
+                .page_events("Network.responseReceived")
+                .find(|e| e["params"]["requestId"] == id.as_str())
+                .map(|e| e["params"]["response"].clone());
+            let (Some(sent), Some(received)) = (sent, received) else {
+                continue;
+            };
+            let body = self.call("Network.getResponseBody", json!({ "requestId": id }));
+            let wall = sent["wallTime"].as_f64().unwrap_or(0.0);
+            let started = std::time::UNIX_EPOCH + Duration::from_secs_f64(wall);
+            let mut content = json!({
+                "size": body["body"].as_str().map_or(0, str::len),
+                "mimeType": received["mimeType"],
+                "text": body["body"],
+            });
+            if body["base64Encoded"] == true {
+                content["encoding"] = json!("base64");
+            }
+            entries.push(json!({
+                "startedDateTime": humantime::format_rfc3339_millis(started).to_string(),
+                "time": 0,
+                "request": {
+                    "method": sent["request"]["method"],
+                    "url": sent["request"]["url"],
+                    "httpVersion": "HTTP/1.1",
+                    "headers": [], "queryString": [], "cookies": [],
+                    "headersSize": -1, "bodySize": -1,
+                },
+                "response": {
+                    "status": received["status"],
+                    "statusText": received["statusText"],
+                    "httpVersion": "HTTP/1.1",
+                    "headers": [], "cookies": [],
+                    "content": content,
+                    "redirectURL": "",
+                    "headersSize": -1, "bodySize": -1,
+                },
+                "cache": {},
+                "timings": { "send": 0, "wait": 0, "receive": 0 },
+            }));
+        }
+        json!({
+            "log": {
+                "version": "1.2",
+                "creator": { "name": "consistency-sidecar tests", "version": "1" },
+                "pages": [],
+                "entries": entries,
+            }
+        })
+    }
+
     fn page_events<'a>(&'a self, method: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.events
             .iter()
