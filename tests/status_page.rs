@@ -227,6 +227,29 @@ async fn status_page_shows_report_json_and_refreshes_itself() {
             .is_some_and(|r| !r.is_empty()),
         "at 20% injected, some issues: {first}"
     );
+    // Each recent issue leads to its task and to its evidence, and both answer.
+    let issue = &first["recent_issues"][0];
+    let links = browser.evaluate(
+        "(() => { const row = document.querySelector('[data-key=\"recent_issues.0.task_id\"]').parentElement; \
+         return [row.querySelector('td a').getAttribute('href'), row.querySelector('a.evidence').getAttribute('href')]; })()",
+    );
+    let task = issue["task_id"].as_str().expect("a task id");
+    assert_eq!(links[0], format!("tasks/{task}"), "{links}");
+    let evidence = links[1].as_str().expect("evidence link");
+    assert!(evidence.starts_with("evidence?route="), "{evidence}");
+    for path in [format!("/tasks/{task}"), format!("/{evidence}")] {
+        let (status, _, body) = get(&sidecar.admin_url(&path)).await;
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        let found: Value = serde_json::from_slice(&body).expect("JSON");
+        let entries = found
+            .get("evidence")
+            .or(found.get("entries"))
+            .expect("entries");
+        assert!(
+            entries.as_array().is_some_and(|e| !e.is_empty()),
+            "{path}: {found}"
+        );
+    }
 
     // More traffic: the same document catches up on its own.
     browser.evaluate("window.sameDocument = true");

@@ -195,6 +195,28 @@ async fn replicas_sharing_redis_catch_what_each_alone_cannot() {
     assert!(seen_split.iter().any(|s| s.status == "completed"));
     assert_eq!(shared.store_errors("connection").await, 0.0);
     assert_eq!(shared.store_errors("timeout").await, 0.0);
+
+    // Either replica's /tasks/{id} reads the shared memory: both tell the same state and times.
+    let mut told = Vec::new();
+    for sidecar in &shared.sidecars {
+        let (status, _, body) = get(&sidecar.admin_url(&format!("/tasks/{split}"))).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let task: Value = serde_json::from_slice(&body).expect("JSON");
+        let memory = task["memory"]
+            .as_array()
+            .expect("memory")
+            .iter()
+            .find(|m| m["route"] == "task_status")
+            .cloned()
+            .unwrap_or_else(|| panic!("task_status memory: {task}"));
+        assert_eq!(memory["store"], "redis", "{task}");
+        told.push((
+            memory["last_sent"].clone(),
+            memory["first_seen"].clone(),
+            memory["last_change"].clone(),
+        ));
+    }
+    assert_eq!(told[0], told[1]);
 }
 
 #[tokio::test]
