@@ -29,6 +29,7 @@ mod tool;
 mod redis_server;
 use redis_server::RedisServer;
 
+mod agreement;
 mod stall;
 
 fn state(status: &str, stage: &str, progress: f64) -> RecordState {
