@@ -4,6 +4,10 @@
 //! server (`/report`, `/report.json`, the status page), the periodic report log and
 //! `consistency-sidecar report`. `/report.json` is the report plus one section per concern
 //! ([`Status`]).
+//!
+//! The book counts nothing itself: its totals are read from the metric families inspection
+//! counts into ([`Tallies`]), so the report and `/metrics` never disagree. It keeps only the
+//! ring of recent issues and the ratio history.
 
 mod history;
 mod status;
@@ -16,10 +20,11 @@ pub use status::{
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use prometheus::core::Collector;
+use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Level, RecordVerdict};
@@ -51,11 +56,20 @@ struct Noted {
     shadow: bool,
 }
 
-/// Counters since start and the most recent issues.
+/// The families the report's totals are read from, registered and counted by inspection:
+/// `consistency_results_total{route, level}` and `consistency_issues_total{route, rule, level}`.
+#[derive(Debug, Clone)]
+pub struct Tallies {
+    /// Checked records by their worst level (a `level` label of [`Level::as_str`]).
+    pub results: IntCounterVec,
+    /// Issues found, each counted once.
+    pub issues: IntCounterVec,
+}
+
+/// The most recent issues and the ratio history; the totals since start, read from [`Tallies`].
 #[derive(Debug)]
 pub struct ReportBook {
-    levels: [AtomicU64; 4],
-    issues: AtomicU64,
+    tallies: Tallies,
     recent: Mutex<VecDeque<Noted>>,
     keep: usize,
     /// The ratio over the last minutes, for the status page's chart.
@@ -86,11 +100,10 @@ pub struct LevelCounts {
 // === impl ReportBook ===
 
 impl ReportBook {
-    /// `keep`: how many recent issues are listed.
-    pub fn new(keep: usize) -> Self {
+    /// `keep`: how many recent issues are listed; `tallies`: where the totals are counted.
+    pub fn new(keep: usize, tallies: Tallies) -> Self {
         ReportBook {
-            levels: Default::default(),
-            issues: AtomicU64::new(0),
+            tallies,
             recent: Mutex::new(VecDeque::with_capacity(keep)),
             keep,
             history: Mutex::new(RatioHistory::new(
@@ -121,26 +134,44 @@ impl ReportBook {
         }
     }
 
+    /// Checked records by level, every route summed, from `consistency_results_total`.
     fn levels(&self) -> LevelCounts {
-        let count = |level: Level| self.levels[level as usize].load(Ordering::Relaxed);
-        LevelCounts {
-            consistent: count(Level::Consistent),
-            minor_issue: count(Level::MinorIssue),
-            major_issue: count(Level::MajorIssue),
-            critical: count(Level::Critical),
+        let mut levels = LevelCounts::default();
+        for family in self.tallies.results.collect() {
+            for metric in family.get_metric() {
+                let level = metric
+                    .get_label()
+                    .iter()
+                    .find(|label| label.name() == "level")
+                    .and_then(|label| Level::ALL.into_iter().find(|l| l.as_str() == label.value()));
+                let count = metric.get_counter().value() as u64;
+                match level {
+                    Some(Level::Consistent) => levels.consistent += count,
+                    Some(Level::MinorIssue) => levels.minor_issue += count,
+                    Some(Level::MajorIssue) => levels.major_issue += count,
+                    Some(Level::Critical) => levels.critical += count,
+                    None => {}
+                }
+            }
         }
+        levels
     }
 
-    /// Counts one checked record; its issues join the recent list.
+    /// Issues found, every route and rule summed, from `consistency_issues_total`.
+    fn issues(&self) -> u64 {
+        self.tallies
+            .issues
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().value() as u64)
+            .sum()
+    }
+
+    /// Lists the issues of one checked record (inspection counts it in the [`Tallies`]).
     pub fn record(&self, route: &Arc<str>, verdict: &RecordVerdict) {
-        self.levels[verdict.level as usize].fetch_add(1, Ordering::Relaxed);
-        if verdict.issues.is_empty() {
-            return;
-        }
-        self.issues
-            .fetch_add(verdict.issues.len() as u64, Ordering::Relaxed);
-        // Listing none (`inspect.recent_issues = 0`) still counts them, above.
-        if self.keep == 0 {
+        // Listing none (`inspect.recent_issues = 0`) leaves the counts alone: they are not here.
+        if verdict.issues.is_empty() || self.keep == 0 {
             return;
         }
         let at = SystemTime::now();
@@ -168,7 +199,7 @@ impl ReportBook {
         Report {
             generated_at: now_rfc3339(),
             total_checks: total,
-            issues_found: self.issues.load(Ordering::Relaxed),
+            issues_found: self.issues(),
             critical_issues: levels.critical,
             consistency_ratio: ratio(levels.consistent, total),
             levels,

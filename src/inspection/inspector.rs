@@ -104,10 +104,12 @@ impl InspectionState {
         let config = &settings.config;
         let memory = Arc::new(TaskMemory::new(settings, StoreMetrics::register(registry)?));
         TrackerCollector::register(registry, memory.clone())?;
+        let families = InspectionFamilies::register(registry)?;
+        let book = ReportBook::new(config.inspect.recent_issues, families.tallies());
         Ok(InspectionState {
-            families: InspectionFamilies::register(registry)?,
+            families,
             memory,
-            book: Arc::new(ReportBook::new(config.inspect.recent_issues)),
+            book: Arc::new(book),
             budget: Budget::new(config.inspect.max_held_bytes),
             evidence: Arc::new(EvidenceBook::new(
                 config.evidence.entries_per_rule,

@@ -6,6 +6,7 @@ use prometheus::{
 };
 
 use crate::engine::{Level, RuleLabel, RuleMode};
+use crate::report::Tallies;
 
 /// Inspection takes microseconds; the default buckets start at 5 ms and would see nothing.
 const INSPECT_BUCKETS: [f64; 11] = [
@@ -168,6 +169,14 @@ impl InspectionFamilies {
             ratio,
             duration,
         })
+    }
+
+    /// The families the report reads its totals from.
+    pub fn tallies(&self) -> Tallies {
+        Tallies {
+            results: self.results.clone(),
+            issues: self.issues.clone(),
+        }
     }
 }
 

@@ -3,8 +3,51 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::Opts;
+
 use super::*;
 use crate::engine::{Issue, RecordState};
+
+/// A book over families of its own, fed as inspection feeds them: each record counted in the
+/// tallies, then listed.
+struct Book {
+    book: ReportBook,
+    tallies: Tallies,
+}
+
+impl Book {
+    fn new(keep: usize) -> Book {
+        let family = |name: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, "test"), labels).expect("family")
+        };
+        let tallies = Tallies {
+            results: family("consistency_results_total", &["route", "level"]),
+            issues: family("consistency_issues_total", &["route", "rule", "level"]),
+        };
+        Book {
+            book: ReportBook::new(keep, tallies.clone()),
+            tallies,
+        }
+    }
+
+    fn record(&self, route: &Arc<str>, verdict: &RecordVerdict) {
+        self.tallies
+            .results
+            .with_label_values(&[route, verdict.level.as_str()])
+            .inc();
+        for issue in &verdict.issues {
+            self.tallies
+                .issues
+                .with_label_values(&[route, &issue.rule, issue.level.as_str()])
+                .inc();
+        }
+        self.book.record(route, verdict);
+    }
+
+    fn snapshot(&self) -> Report {
+        self.book.snapshot()
+    }
+}
 
 fn verdict(task: &str, level: Level, rules: &[&str]) -> RecordVerdict {
     RecordVerdict {
@@ -27,7 +70,7 @@ fn verdict(task: &str, level: Level, rules: &[&str]) -> RecordVerdict {
 
 #[test]
 fn empty_book_reports_full_consistency() {
-    let report = ReportBook::new(10).snapshot();
+    let report = Book::new(10).snapshot();
     assert_eq!(report.total_checks, 0);
     assert_eq!(report.consistency_ratio, 1.0);
     assert!(report.to_text().contains("Consistency ratio: 100.00%"));
@@ -35,7 +78,7 @@ fn empty_book_reports_full_consistency() {
 
 #[test]
 fn counts_levels_and_keeps_newest_issues_first() {
-    let book = ReportBook::new(3);
+    let book = Book::new(3);
     for i in 0..995 {
         book.record(
             &Arc::from("task_status"),
@@ -72,7 +115,7 @@ fn counts_levels_and_keeps_newest_issues_first() {
 /// `inspect.recent_issues = 0` lists no issue, but still counts every one.
 #[test]
 fn a_book_keeping_no_recent_issues_still_counts_them() {
-    let book = ReportBook::new(0);
+    let book = Book::new(0);
     book.record(
         &Arc::from("task_status"),
         &verdict(
@@ -95,7 +138,7 @@ fn a_book_keeping_no_recent_issues_still_counts_them() {
 
 #[test]
 fn a_shadow_issue_is_listed_as_such_and_old_reports_still_read() {
-    let book = ReportBook::new(10);
+    let book = Book::new(10);
     let mut record = verdict("t-1", Level::Consistent, &["completed_stage"]);
     record.issues[0].shadow = true;
     book.record(&Arc::from("task_status"), &record);
@@ -120,7 +163,7 @@ fn a_shadow_issue_is_listed_as_such_and_old_reports_still_read() {
 
 #[test]
 fn json_round_trips() {
-    let book = ReportBook::new(10);
+    let book = Book::new(10);
     book.record(
         &Arc::from("task_status"),
         &verdict("t1", Level::Critical, &["missing_field"]),
@@ -170,7 +213,7 @@ fn status_reads_every_section_from_the_registry() {
     use crate::settings::Settings;
 
     let settings = Settings::compile(Config::default()).expect("defaults compile");
-    let book = ReportBook::new(10);
+    let book = Book::new(10);
     book.record(
         &Arc::from("task_status"),
         &verdict("t-9", Level::MinorIssue, &["completed_stage"]),
@@ -240,7 +283,7 @@ fn status_reads_every_section_from_the_registry() {
         at: Instant::now(),
         wall: SystemTime::now(),
     };
-    let status = Status::collect(&book, &registry, &settings, started);
+    let status = Status::collect(&book.book, &registry, &settings, started);
     assert_eq!(status.report.total_checks, 1, "the book's own counts");
     assert_eq!(status.objective, OBJECTIVE);
     assert_eq!(status.sidecar.mode, Mode::Fix);
@@ -294,4 +337,73 @@ fn status_reads_every_section_from_the_registry() {
     assert_eq!(back, status);
     let report: Report = serde_json::from_value(json).expect("still reads as a Report");
     assert_eq!(report, status.report);
+}
+
+/// The report's totals are the registry's (the families `/metrics` serves and the status page
+/// reads per route): the book counts nothing, so the two cannot disagree, whatever it lists.
+#[test]
+fn the_report_totals_are_the_registry_counts_even_listing_no_issue() {
+    use prometheus::Registry;
+
+    use crate::config::Config;
+    use crate::inspection::InspectionFamilies;
+    use crate::settings::Settings;
+
+    let registry = Registry::new();
+    let families = InspectionFamilies::register(&registry).expect("register");
+    let book = ReportBook::new(0, families.tallies());
+    let tallies = families.tallies();
+    for (route, level, n) in [
+        ("task_status", Level::Consistent, 7),
+        ("task_status", Level::Critical, 2),
+        ("test_progress", Level::MinorIssue, 1),
+    ] {
+        tallies
+            .results
+            .with_label_values(&[route, level.as_str()])
+            .inc_by(n);
+    }
+    tallies
+        .issues
+        .with_label_values(&["task_status", "missing_field", "critical"])
+        .inc_by(3);
+    tallies
+        .issues
+        .with_label_values(&["test_progress", "completed_stage", "minor_issue"])
+        .inc();
+    book.record(
+        &Arc::from("task_status"),
+        &verdict("t-1", Level::Critical, &["missing_field"]),
+    );
+
+    let report = book.snapshot();
+    assert_eq!(report.total_checks, 10);
+    assert_eq!(report.issues_found, 4);
+    assert_eq!(report.critical_issues, 2);
+    assert_eq!(report.levels.consistent, 7);
+    assert_eq!(report.consistency_ratio, 0.7);
+    assert!(
+        report.recent_issues.is_empty(),
+        "recent_issues = 0 lists none"
+    );
+
+    let settings = Settings::compile(Config::default()).expect("defaults compile");
+    let started = Started {
+        at: Instant::now(),
+        wall: SystemTime::now(),
+    };
+    let status = Status::collect(&book, &registry, &settings, started);
+    let routes = |level: fn(&LevelCounts) -> u64| -> u64 {
+        status.routes.iter().map(|r| level(&r.levels)).sum()
+    };
+    assert_eq!(routes(|l| l.consistent), status.report.levels.consistent);
+    assert_eq!(routes(|l| l.critical), status.report.critical_issues);
+    assert_eq!(routes(|l| l.minor_issue), status.report.levels.minor_issue);
+    let issues: u64 = status
+        .routes
+        .iter()
+        .flat_map(|r| &r.issues)
+        .map(|r| r.count)
+        .sum();
+    assert_eq!(issues, status.report.issues_found);
 }
