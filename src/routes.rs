@@ -16,19 +16,16 @@ pub const OTHER: &str = "other";
 
 /// The route a request matched; route classification puts it into the extensions of a request
 /// that matched a configured route (an unrouted request carries none: it counts as [`OTHER`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatchedRoute {
-    /// Index into the [`RouteTable`] (the order of `config.routes`); `None` for [`OTHER`].
-    pub index: Option<usize>,
-    /// The route's name, or `other`: the `route` metric label.
-    pub name: Arc<str>,
+    /// Index into the [`RouteTable`] (the order of `config.routes`).
+    pub index: usize,
 }
 
 /// The configured routes, compiled, in configuration order.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    other: Arc<str>,
 }
 
 /// One configured route, compiled: what it matches and how its responses are inspected.
@@ -64,25 +61,16 @@ impl RouteTable {
             .enumerate()
             .map(|(i, route)| Route::compile(i, route, fields, mode))
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        Ok(RouteTable {
-            routes,
-            other: Arc::from(OTHER),
-        })
+        Ok(RouteTable { routes })
     }
 
-    /// The first configured route whose method and path match; `path` has no query string.
-    pub fn classify(&self, method: &Method, path: &str) -> MatchedRoute {
-        let index = self
-            .routes
+    /// The first configured route whose method and path match (`None`: [`OTHER`]); `path`
+    /// has no query string.
+    pub fn classify(&self, method: &Method, path: &str) -> Option<MatchedRoute> {
+        self.routes
             .iter()
-            .position(|route| route.method == method && route.matches(path));
-        MatchedRoute {
-            index,
-            name: match index {
-                Some(i) => self.routes[i].name.clone(),
-                None => self.other.clone(),
-            },
-        }
+            .position(|route| route.method == method && route.matches(path))
+            .map(|index| MatchedRoute { index })
     }
 
     /// The routes in configuration order (without `other`); a [`MatchedRoute::index`] is a

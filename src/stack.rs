@@ -120,7 +120,8 @@ impl Sidecar {
     }
 
     /// The current stack in front of any upstream service: tests drive it with `oneshot`.
-    pub fn app_with<U>(&self, upstream: U) -> ProxyStack<U> {
+    #[cfg(test)]
+    pub(crate) fn app_with<U>(&self, upstream: U) -> ProxyStack<U> {
         let current = self.current();
         stack(
             &current.settings,

@@ -266,8 +266,8 @@ fn replay(settings: &Settings, recorded: &[Recorded]) -> Vec<Option<Replayed>> {
             }
             let index = settings
                 .routes
-                .classify(&response.method, path_only(&response.path))
-                .index?;
+                .classify(&response.method, path_only(&response.path))?
+                .index;
             let route = settings.routes.iter().nth(index)?;
             let mut local;
             let judge: &mut dyn TransitionJudge =

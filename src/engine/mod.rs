@@ -24,7 +24,7 @@ mod value;
 mod verdict;
 mod vocab;
 
-pub use inspect::{inspect, FIX_NOT_CONVERGING};
+pub use inspect::inspect;
 pub use route::RouteSpec;
 pub use rules::{RuleLabel, RuleSet};
 pub use schema::{

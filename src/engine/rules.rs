@@ -83,11 +83,6 @@ impl RuleSet {
         })
     }
 
-    /// Names of the enabled rules, in config order.
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| &*r.name)
-    }
-
     /// The enabled rules as metric labels: name, level, and whether the rule fixes.
     pub fn labels(&self) -> impl Iterator<Item = RuleLabel<'_>> {
         self.rules.iter().map(|r| RuleLabel {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::inspect::FIX_NOT_CONVERGING;
 use super::*;
 // The default rules and field keys are the shipped configuration's.
 use crate::config::{self, Config};
@@ -258,7 +259,7 @@ fn each_rule_fires_holds_and_fixes() {
 fn every_default_rule_has_cases() {
     let names: BTreeSet<_> = RULE_CASES.iter().map(|c| c.0).collect();
     let rules = default_rules();
-    for name in rules.rule_names() {
+    for name in rules.labels().map(|l| l.name) {
         assert!(names.contains(name), "no cases for {name}");
     }
 }
@@ -691,8 +692,11 @@ fn disabled_rules_are_skipped() {
     let config =
         config::parse("[[rules]]\nname = \"completed_stage\"\nenabled = false").expect("parses");
     let rules = RuleSet::compile(&config.model, &config.rules).expect("compiles");
-    assert!(!rules.rule_names().any(|n| n == "completed_stage"));
-    assert_eq!(rules.rule_names().count(), 9);
+    assert!(!rules
+        .labels()
+        .map(|l| l.name)
+        .any(|n| n == "completed_stage"));
+    assert_eq!(rules.labels().count(), 9);
     let (out, input) = run_with(
         &rules,
         "",
@@ -805,7 +809,7 @@ fn defaults_compile_and_are_thread_safe() {
     shareable::<RuleSet>();
     shareable::<RouteSpec>();
     let rules = default_rules();
-    assert_eq!(rules.rule_names().count(), 10);
+    assert_eq!(rules.labels().count(), 10);
     let settings = Settings::compile(Config {
         mode: Mode::Observe,
         ..Config::default()

@@ -179,11 +179,6 @@ impl Inspector {
         }
     }
 
-    /// The report book fed by this inspector.
-    pub fn book(&self) -> Arc<ReportBook> {
-        self.book.clone()
-    }
-
     /// Whether requests on inspected routes ask the upstream only for codings we read.
     pub fn narrows_accept_encoding(&self) -> bool {
         self.narrow_accept_encoding

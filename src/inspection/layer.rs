@@ -75,7 +75,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let route = req.extensions().get::<MatchedRoute>().and_then(|m| m.index);
+        let route = req.extensions().get::<MatchedRoute>().map(|m| m.index);
         let Some(route) = route else {
             return ResponseFuture::Passthrough {
                 inner: self.inner.call(req),

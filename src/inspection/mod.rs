@@ -17,7 +17,7 @@ mod witness;
 
 pub use accept::ClientCodings;
 pub use body::InspectBody;
-pub use inspector::{InspectionState, Inspector, FIXED_HEADER, SHADOW_HEADER};
+pub use inspector::{InspectionState, Inspector};
 pub use layer::{InspectLayer, InspectService};
 pub use metrics::{InspectionFamilies, InspectionMetrics, Skip};
 

@@ -96,10 +96,10 @@ fn handles_count_into_the_families() {
     let sidecar = sidecar();
     let current = sidecar.current();
     let m = &current.proxy_metrics;
-    m.route(0)
+    m.route(Some(0))
         .request(crate::proxy::method_index(&Method::GET), StatusCode::OK)
         .inc();
-    m.route(usize::MAX)
+    m.route(None)
         .request(
             crate::proxy::method_index(&Method::CONNECT),
             StatusCode::METHOD_NOT_ALLOWED,

@@ -55,13 +55,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        let route = self
-            .settings
-            .routes
-            .classify(req.method(), req.uri().path());
         // An unrouted request carries none: its readers take that as `other`, and most traffic
         // is unrouted, so it saves an extension per request.
-        if route.index.is_some() {
+        if let Some(route) = self
+            .settings
+            .routes
+            .classify(req.method(), req.uri().path())
+        {
             req.extensions_mut().insert(route);
         }
         self.inner.call(req)

@@ -145,9 +145,10 @@ impl ProxyMetrics {
 // === impl Handles ===
 
 impl Handles {
-    /// The handles of a classified route; an index past the end is `other`.
-    pub fn route(&self, index: usize) -> &RouteRequests {
-        &self.routes[index.min(self.routes.len() - 1)]
+    /// The handles of a classified route; `None` (and an index past the end) is `other`.
+    pub fn route(&self, index: Option<usize>) -> &RouteRequests {
+        let other = self.routes.len() - 1;
+        &self.routes[index.map_or(other, |i| i.min(other))]
     }
 
     pub fn upstream_error(&self, reason: UpstreamErrorReason) -> &IntCounter {

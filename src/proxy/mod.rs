@@ -18,10 +18,10 @@ mod upgrade;
 
 pub use body::{BoxError, Guarded, ProxyBody};
 pub use classify::{Classify, ClassifyLayer};
-pub use error::{error_response, UpstreamError, UpstreamErrorReason};
+pub use error::{UpstreamError, UpstreamErrorReason};
 pub use forward::{Forward, ForwardBody, UpstreamBody};
 pub use headers::ClientAddr;
-pub use metrics::{code_index, method_index, ProxyFamilies, ProxyMetrics, CODE_CLASSES, METHODS};
+pub use metrics::{code_index, method_index, ProxyFamilies, ProxyMetrics};
 pub use pool::{ClientConnection, PoolConfig, PooledBody, UpstreamPool};
 pub use request_metrics::{RequestMetrics, RequestMetricsLayer};
 pub use shed::{Shed, ShedBody, ShedLayer};

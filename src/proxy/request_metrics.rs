@@ -42,7 +42,8 @@ pin_project! {
 #[derive(Debug)]
 pub struct RequestDone {
     metrics: ProxyMetrics,
-    route: usize,
+    /// `None`: `other`.
+    route: Option<usize>,
     start: Instant,
 }
 
@@ -81,12 +82,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // Unclassified requests count as `other`, the last route.
-        let route = req
-            .extensions()
-            .get::<MatchedRoute>()
-            .and_then(|m| m.index)
-            .unwrap_or(usize::MAX);
+        // Unclassified requests (`None`) count as `other`, the last route.
+        let route = req.extensions().get::<MatchedRoute>().map(|m| m.index);
         self.metrics.inflight.inc();
         let method = method_index(req.method());
         ResponseFuture {
