@@ -1,4 +1,5 @@
-//! A moment that many threads update and read without a lock: when something last happened.
+//! Time as whole milliseconds since a start ([`millis`]), and a moment that many threads update
+//! and read without a lock: when something last happened ([`LastSeen`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -9,6 +10,12 @@ pub struct LastSeen {
     start: Instant,
     /// 0: never; otherwise milliseconds since `start`, plus one.
     last_ms: AtomicU64,
+}
+
+/// `elapsed` in whole milliseconds, the unit the atomics keep times in; saturates (after
+/// 584 million years).
+pub fn millis(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
 // === impl LastSeen ===
@@ -24,7 +31,7 @@ impl LastSeen {
 
     pub fn mark(&self) {
         // +1 keeps "seen in the first millisecond" apart from "never".
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = millis(self.start.elapsed());
         self.last_ms.store(ms.saturating_add(1), Ordering::Relaxed);
     }
 

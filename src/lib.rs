@@ -21,12 +21,15 @@
 //! - `stack`: the tower stack (`app`) and the state every worker shares, one generation per configuration.
 //! - `reload`: hot reload (SIGHUP, `POST /-/reload`, `watch_config`): validate, keep restart-only keys, swap.
 //! - `runtime`: worker threads, each with a single-threaded runtime.
-//! - `clock`: a lock-free "last seen" instant.
+//! - `clock`: milliseconds since a start, and a lock-free "last seen" instant.
 //! - `coding`: content codings (gzip, deflate, br, zstd): decoding within a bound, re-encoding.
 //! - `admin`: the admin port's service: `/healthz`, `/readyz`, `/metrics`, `/report`, the status page.
 //! - `server`: the proxy and admin listeners, connections, signals, upkeep, graceful shutdown.
 //! - `report`: the consistency report (seed layout), text and JSON, and the status behind `/report.json`.
 #![forbid(unsafe_code)]
+
+/// Any error, boxed: what hyper, tower and the body types carry. Defined once, here.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub mod admin;
 pub mod capture;

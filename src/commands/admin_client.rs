@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Fetches `url` and returns its body as text; non-2xx answers are errors.
 pub fn get_text(url: &str) -> Result<String, BoxError> {

@@ -10,8 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::budget::Reservation;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 pin_project! {
     /// Either the untouched upstream body, or frames held in memory followed by the rest of it.

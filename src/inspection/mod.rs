@@ -21,4 +21,4 @@ pub use inspector::{InspectionState, Inspector};
 pub use layer::{InspectLayer, InspectService};
 pub use metrics::{InspectionFamilies, InspectionMetrics, Skip};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;

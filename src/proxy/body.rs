@@ -9,7 +9,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use pin_project_lite::pin_project;
 
 /// The error at the tower boundary.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Request bodies inside the stack: streamed, never collected by the proxy. Boxed once, so
 /// in-test requests and hyper's `Incoming` take the same path.

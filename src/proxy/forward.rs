@@ -21,12 +21,13 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tower::Service;
 
-use super::body::{BoxError, ProxyBody};
+use super::body::ProxyBody;
 use super::error::{error_response, UpstreamError, UpstreamErrorReason};
 use super::headers::{self, ClientAddr};
 use super::metrics::ProxyMetrics;
 use super::upgrade;
 use crate::clock::LastSeen;
+use crate::BoxError;
 
 /// The upstream's body as it streams, or a response the proxy made itself.
 pub type ForwardBody<B> = Either<UpstreamBody<B>, Full<Bytes>>;

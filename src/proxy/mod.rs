@@ -16,7 +16,7 @@ mod request_metrics;
 mod shed;
 mod upgrade;
 
-pub use body::{BoxError, Guarded, ProxyBody};
+pub use body::{Guarded, ProxyBody};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{UpstreamError, UpstreamErrorReason};
 pub use forward::{Forward, ForwardBody, UpstreamBody};

@@ -18,8 +18,9 @@ use tokio::sync::watch;
 use tower::Service;
 
 use super::deadlines::{ActivityIo, Answering, Deadlines, Limits, Open, Verdict};
-use crate::proxy::{BoxError, ClientAddr, ClientConnection, Guarded, ProxyBody, UpstreamPool};
+use crate::proxy::{ClientAddr, ClientConnection, Guarded, ProxyBody, UpstreamPool};
 use crate::stack::{ProxyStack, Sidecar};
+use crate::BoxError;
 
 /// Everything one client connection needs.
 pub(super) struct Connection {

@@ -95,7 +95,7 @@ impl Deadlines {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+        crate::clock::millis(self.start.elapsed()).min(u64::MAX - 1)
     }
 
     fn at(&self, ms: u64) -> Instant {

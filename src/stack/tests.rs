@@ -16,7 +16,8 @@ use tower::{service_fn, ServiceExt};
 
 use super::*;
 use crate::config::Config;
-use crate::proxy::{BoxError, ProxyBody, UpstreamError};
+use crate::proxy::{ProxyBody, UpstreamError};
+use crate::BoxError;
 
 /// The in-test upstream's response body.
 type TestBody = UnsyncBoxBody<Bytes, BoxError>;

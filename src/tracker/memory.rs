@@ -555,12 +555,7 @@ impl TaskTracker {
     }
 
     fn now_ms(&self) -> u64 {
-        let now = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX);
+        let now = crate::clock::millis(Instant::now().saturating_duration_since(self.epoch));
         #[cfg(test)]
         let now = now.saturating_add(self.skew_ms.load(Ordering::Relaxed));
         now

@@ -41,7 +41,7 @@ pub use sidecar::Sidecar;
 pub use standin::{EchoUpstream, StandIn};
 pub use upstream::*;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use consistency_sidecar::BoxError;
 
 /// Upper bound for any single wait in these tests.
 pub const PATIENCE: Duration = Duration::from_secs(20);

@@ -31,7 +31,7 @@ use crate::report::Status;
 use crate::settings::Settings;
 use crate::tracker::TaskTracker;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 #[derive(Debug, Args)]
