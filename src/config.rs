@@ -147,6 +147,9 @@ pub struct ProxyConfig {
     /// A keep-alive client connection idle this long is closed.
     #[serde(with = "humantime_serde")]
     pub client_idle_timeout: Duration,
+    /// Client connections open at most (HTTP/1.1 and h2c); at the cap the longest-idle one is
+    /// closed for a new client, and with none idle new clients wait in the kernel's backlog.
+    pub max_client_connections: usize,
     /// Largest request head accepted from a client, in bytes.
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request.
@@ -585,6 +588,10 @@ impl Config {
             }
         };
         positive("proxy.max_header_bytes", self.proxy.max_header_bytes)?;
+        positive(
+            "proxy.max_client_connections",
+            self.proxy.max_client_connections,
+        )?;
         positive("proxy.max_headers", self.proxy.max_headers)?;
         positive(
             "proxy.max_concurrent_requests",

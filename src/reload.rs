@@ -206,6 +206,7 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     keep!(proxy.client_header_timeout);
     keep!(proxy.client_idle_timeout);
     keep!(proxy.max_header_bytes);
+    keep!(proxy.max_client_connections);
     keep!(proxy.max_headers);
     keep!(proxy.upstream_idle_timeout);
     keep!(proxy.upstream_max_idle);

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use super::connection::Connection;
 use super::deadlines::Limits;
+use super::limit::{ConnectionLimit, Place};
 use crate::settings::Settings;
 use crate::stack::Sidecar;
 
@@ -29,6 +30,8 @@ pub(super) struct Worker {
     sidecar: Arc<Sidecar>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Limits,
+    /// `proxy.max_client_connections`, shared by every worker.
+    cap: ConnectionLimit,
     grace: Duration,
     stop: watch::Receiver<bool>,
 }
@@ -40,6 +43,7 @@ impl Worker {
         sidecar: &Arc<Sidecar>,
         listener: std::net::TcpListener,
         workers: usize,
+        cap: ConnectionLimit,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<Worker> {
         let settings = sidecar.current().settings.clone();
@@ -56,6 +60,7 @@ impl Worker {
                 idle: proxy.client_idle_timeout,
                 head: proxy.client_header_timeout,
             },
+            cap,
             grace: proxy.shutdown_grace,
             stop,
         })
@@ -89,7 +94,12 @@ impl Worker {
                 () = &mut stopping => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        connections.spawn(self.connection(peer).serve(stream));
+                        // At the cap this waits, and accepts nothing more meanwhile.
+                        let place = tokio::select! {
+                            () = &mut stopping => break,
+                            place = self.cap.admit() => place,
+                        };
+                        connections.spawn(self.connection(peer, place).serve(stream));
                     }
                     Err(err) => super::accept_failed(err).await,
                 },
@@ -115,11 +125,12 @@ impl Worker {
         }
     }
 
-    fn connection(&self, peer: SocketAddr) -> Connection {
+    fn connection(&self, peer: SocketAddr, place: Place) -> Connection {
         Connection {
             builder: self.builder.clone(),
             sidecar: self.sidecar.clone(),
             counted: self.sidecar.pool.client_connection(),
+            place,
             peer,
             limits: self.limits,
             stop: self.stop.clone(),

@@ -1,5 +1,7 @@
 //! The admin port: one small HTTP/1.1 server for `/metrics`, health and the report, on the
-//! caller's runtime, apart from the proxy's workers.
+//! caller's runtime, apart from the proxy's workers. It has its own small connection cap
+//! ([`ADMIN_MAX_CONNECTIONS`]): probes and a scraper need a few, and a flood of the admin port
+//! must not cost the proxy's memory.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -11,10 +13,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::deadlines::{ActivityIo, Answering};
+use super::limit::{ConnectionLimit, Place};
 use crate::admin::Admin;
 
+/// Admin connections open at most; at the cap the longest idle is closed, as on the proxy port.
+pub(super) const ADMIN_MAX_CONNECTIONS: usize = 16;
+
 /// Serves the admin port until told to stop.
-pub(super) async fn serve(listener: TcpListener, admin: Admin, stop: watch::Receiver<bool>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    admin: Admin,
+    cap: ConnectionLimit,
+    stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     let stopping = super::stopped(stop);
     tokio::pin!(stopping);
@@ -23,7 +35,11 @@ pub(super) async fn serve(listener: TcpListener, admin: Admin, stop: watch::Rece
             () = &mut stopping => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, admin.clone()));
+                    let place = tokio::select! {
+                        () = &mut stopping => break,
+                        place = cap.admit() => place,
+                    };
+                    connections.spawn(serve_connection(stream, admin.clone(), place));
                 }
                 Err(err) => super::accept_failed(err).await,
             },
@@ -32,16 +48,29 @@ pub(super) async fn serve(listener: TcpListener, admin: Admin, stop: watch::Rece
     }
 }
 
-async fn serve_connection(stream: TcpStream, admin: Admin) {
+async fn serve_connection(stream: TcpStream, admin: Admin, place: Place) {
+    let deadlines = place.deadlines().clone();
+    let io = TokioIo::new(ActivityIo::new(stream, deadlines.clone()));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let admin = admin.clone();
-        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        let open = deadlines.request(false);
+        Answering::new(
+            async move { Ok::<_, Infallible>(admin.handle(req).await) },
+            open,
+        )
     });
-    let result = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = place.deadlines().reclaimed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(err) = result {
         tracing::debug!(error = %err, "admin connection ended with an error");
     }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tower::Service;
 
 use super::deadlines::{ActivityIo, Answering, Deadlines, Limits, Open, Verdict};
+use super::limit::Place;
 use crate::proxy::{ClientAddr, ClientConnection, Guarded, ProxyBody, UpstreamPool};
 use crate::stack::{ProxyStack, Sidecar};
 use crate::BoxError;
@@ -28,6 +29,8 @@ pub(super) struct Connection {
     pub sidecar: Arc<Sidecar>,
     /// Counts this client for the upstream pool while it is open.
     pub counted: ClientConnection,
+    /// Its place under `proxy.max_client_connections`, and its clock.
+    pub place: Place,
     pub peer: SocketAddr,
     pub limits: Limits,
     pub stop: watch::Receiver<bool>,
@@ -63,6 +66,7 @@ impl Connection {
             builder,
             sidecar,
             counted,
+            place,
             peer,
             limits,
             mut stop,
@@ -70,7 +74,7 @@ impl Connection {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
-        let deadlines = Deadlines::accepted();
+        let deadlines = place.deadlines().clone();
         let io = TokioIo::new(ActivityIo::new(stream, deadlines.clone()));
         let service = FromClient {
             sidecar,
@@ -100,6 +104,12 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                // Idle the longest at the cap: finish, so a new client is served.
+                () = deadlines.reclaimed(), if !closing => {
+                    tracing::debug!(%peer, "closing the longest-idle client connection to make room");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     match deadlines.check(now, limits) {
@@ -117,6 +127,7 @@ impl Connection {
                         Verdict::Idle => {
                             tracing::debug!(%peer, "closing idle client connection");
                             if !closing {
+                                place.idle_timed_out();
                                 connection.as_mut().graceful_shutdown();
                                 closing = true;
                             }
@@ -128,6 +139,7 @@ impl Connection {
             }
         }
         drop(counted);
+        drop(place);
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use http::Response;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 use crate::proxy::Guarded;
 
@@ -56,6 +57,9 @@ pub(super) struct Deadlines {
     /// HTTP/2 (streams, not heads one after another): the head deadline no longer applies once
     /// the first request arrived.
     multiplexed: AtomicBool,
+    /// The port's cap asked this connection to finish, to make room (see `super::limit`).
+    reclaim_asked: AtomicBool,
+    reclaim: Notify,
 }
 
 /// Holds one request open in [`Deadlines`] until its response ends or is dropped.
@@ -91,7 +95,32 @@ impl Deadlines {
             head_ms: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
+            reclaim_asked: AtomicBool::new(false),
+            reclaim: Notify::new(),
         })
+    }
+
+    /// Since when the connection has been idle between requests: nothing in flight and no head
+    /// begun; `None` while it is busy (or has not sent its first head yet).
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        let idle =
+            self.open.load(Ordering::Relaxed) == 0 && self.head_ms.load(Ordering::Relaxed) == 0;
+        idle.then(|| self.at(self.activity_ms.load(Ordering::Relaxed)))
+    }
+
+    pub(super) fn reclaim_asked(&self) -> bool {
+        self.reclaim_asked.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection to finish (gracefully: a request that just began still completes).
+    pub(super) fn ask_to_reclaim(&self) {
+        self.reclaim_asked.store(true, Ordering::Relaxed);
+        self.reclaim.notify_one();
+    }
+
+    /// Completes once the connection is asked to finish to make room.
+    pub(super) async fn reclaimed(&self) {
+        self.reclaim.notified().await;
     }
 
     fn now_ms(&self) -> u64 {

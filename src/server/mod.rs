@@ -8,6 +8,7 @@ mod accept;
 mod admin;
 mod connection;
 mod deadlines;
+mod limit;
 mod signals;
 mod upkeep;
 
@@ -65,7 +66,17 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let worker = accept::Worker::new(&sidecar, listener.into_std()?, workers, stop_rx.clone())?;
+    let connection_families =
+        limit::ConnectionFamilies::register(&sidecar.registry).map_err(io::Error::other)?;
+    let proxy_cap = connection_families.limit("proxy", proxy.max_client_connections);
+    let admin_cap = connection_families.limit("admin", admin::ADMIN_MAX_CONNECTIONS);
+    let worker = accept::Worker::new(
+        &sidecar,
+        listener.into_std()?,
+        workers,
+        proxy_cap,
+        stop_rx.clone(),
+    )?;
     runtime::spawn_workers(workers, move |_| {
         let worker = worker.clone();
         let done = done_tx.clone();
@@ -77,6 +88,7 @@ pub async fn serve(
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         Admin::new(sidecar.clone(), reloader.clone()),
+        admin_cap,
         stop_rx,
     ));
     let upkeep = tokio::spawn(upkeep::run(sidecar.clone()));
