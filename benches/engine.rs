@@ -15,8 +15,15 @@ const STATUS_FIX: &[u8] = include_bytes!("bodies/status_fix.json");
 const HISTORY: &[u8] = include_bytes!("bodies/history.json");
 
 fn route(records: &str) -> RouteSpec {
-    RouteSpec::compile(records, &Config::default().fields, Mode::Fix, false)
-        .expect("route compiles")
+    let config = Config::default();
+    RouteSpec::compile(
+        records,
+        &config.fields,
+        Mode::Fix,
+        false,
+        config.tracker.max_task_id_bytes,
+    )
+    .expect("route compiles")
 }
 
 fn engine(c: &mut Criterion) {

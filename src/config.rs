@@ -283,6 +283,9 @@ fn default_method() -> String {
 pub struct TrackerConfig {
     /// Tasks remembered at most; the least recently seen is evicted past it.
     pub capacity: usize,
+    /// A longer task id is not remembered (its record is still checked by the single-record
+    /// rules), so each remembered task costs a bounded number of bytes, here and in Redis.
+    pub max_task_id_bytes: usize,
     /// A task not seen for this long is forgotten.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
@@ -604,6 +607,7 @@ impl Config {
         positive("inspect.max_body_bytes", self.inspect.max_body_bytes)?;
         positive("inspect.max_decoded_bytes", self.inspect.max_decoded_bytes)?;
         positive("tracker.capacity", self.tracker.capacity)?;
+        positive("tracker.max_task_id_bytes", self.tracker.max_task_id_bytes)?;
         let one_compressed = self.inspect.max_body_bytes + self.inspect.max_decoded_bytes;
         if self.inspect.max_held_bytes < one_compressed {
             return Err(ConfigError::new(

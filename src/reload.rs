@@ -217,6 +217,7 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     keep!(inspect.recent_issues);
     keep!(model);
     keep!(tracker.capacity);
+    keep!(tracker.max_task_id_bytes);
     keep!(tracker.ttl);
     keep!(tracker.store);
     keep!(tracker.redis_url);

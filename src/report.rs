@@ -186,7 +186,9 @@ impl ReportBook {
                 task_id: verdict.task_id.clone(),
                 rule: issue.rule.clone(),
                 level: issue.level,
-                message: issue.message.clone(),
+                // Bounded, as the task id is: the report keeps what a backend sent.
+                message: crate::engine::cut(&issue.message, crate::engine::SHOWN_TEXT_BYTES)
+                    .into_owned(),
                 shadow: issue.shadow,
             });
         }

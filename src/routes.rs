@@ -55,11 +55,12 @@ impl RouteTable {
         routes: &[RouteConfig],
         fields: &FieldsConfig,
         mode: Mode,
+        max_task_id_bytes: usize,
     ) -> Result<RouteTable, ConfigError> {
         let routes = routes
             .iter()
             .enumerate()
-            .map(|(i, route)| Route::compile(i, route, fields, mode))
+            .map(|(i, route)| Route::compile(i, route, fields, (mode, max_task_id_bytes)))
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(RouteTable { routes })
     }
@@ -94,7 +95,7 @@ impl Route {
         i: usize,
         route: &RouteConfig,
         fields: &FieldsConfig,
-        mode: Mode,
+        (mode, max_task_id_bytes): (Mode, usize),
     ) -> Result<Route, ConfigError> {
         let key = |k: &str| format!("routes[{i}].{k}");
         let method = route.method.parse::<Method>().map_err(|_| {
@@ -110,6 +111,7 @@ impl Route {
             &route.fields.apply(fields),
             route.mode.unwrap_or(mode),
             route.track,
+            max_task_id_bytes,
         )
         .map_err(|e| {
             let field = e

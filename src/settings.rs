@@ -26,7 +26,12 @@ impl Settings {
     /// the routes and the rules as they compile.
     pub fn compile(config: Config) -> Result<Settings, ConfigError> {
         config.validate()?;
-        let routes = RouteTable::compile(&config.routes, &config.fields, config.mode)?;
+        let routes = RouteTable::compile(
+            &config.routes,
+            &config.fields,
+            config.mode,
+            config.tracker.max_task_id_bytes,
+        )?;
         let rules = Arc::new(RuleSet::compile(&config.model, &config.rules)?);
         let redactor = Arc::new(Redactor::compile(&config.redaction)?);
         Ok(Settings {

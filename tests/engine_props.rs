@@ -313,7 +313,15 @@ fn render(body: &GenBody) -> Rendered {
 }
 
 fn route(records: &str, mode: Mode) -> RouteSpec {
-    RouteSpec::compile(records, &Config::default().fields, mode, false).expect("route compiles")
+    let config = Config::default();
+    RouteSpec::compile(
+        records,
+        &config.fields,
+        mode,
+        false,
+        config.tracker.max_task_id_bytes,
+    )
+    .expect("route compiles")
 }
 
 /// The fixable seed rules, judged independently on a parsed record: the names of those that fire.

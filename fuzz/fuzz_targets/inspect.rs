@@ -42,7 +42,7 @@ fn setup() -> &'static Setup {
     SETUP.get_or_init(|| {
         let config = Config::default();
         let spec = |records: &str, mode: Mode| {
-            RouteSpec::compile(records, &config.fields, mode, true).expect("route compiles")
+            RouteSpec::compile(records, &config.fields, mode, true, config.tracker.max_task_id_bytes).expect("route compiles")
         };
         Setup {
             rules: RuleSet::compile(&config.model, &config.rules).expect("default rules compile"),

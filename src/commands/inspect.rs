@@ -99,8 +99,14 @@ fn compile(args: &InspectArgs) -> Result<(Arc<RuleSet>, String, RouteSpec), Stri
         // No routes configured: judge the whole body.
         None => {
             let config = &settings.config;
-            let spec = RouteSpec::compile("", &config.fields, config.mode, false)
-                .map_err(|e| e.to_string())?;
+            let spec = RouteSpec::compile(
+                "",
+                &config.fields,
+                config.mode,
+                false,
+                config.tracker.max_task_id_bytes,
+            )
+            .map_err(|e| e.to_string())?;
             (WHOLE_BODY.to_string(), spec)
         }
     };

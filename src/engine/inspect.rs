@@ -47,7 +47,16 @@ pub fn inspect(
     let mut edits = Vec::new();
     let verdicts = records
         .iter()
-        .map(|rec| check_record(rules, text, rec, fix, judge, &mut edits))
+        .map(|rec| {
+            check_record(
+                rules,
+                text,
+                rec,
+                (fix, route.max_task_id_bytes),
+                judge,
+                &mut edits,
+            )
+        })
         .collect();
     let body = if edits.is_empty() {
         body.clone()
@@ -93,7 +102,7 @@ fn check_record<'a>(
     rules: &'a RuleSet,
     text: &'a [u8],
     rec: &RecordSpans,
-    fix: bool,
+    (fix, max_task_id_bytes): (bool, usize),
     judge: &mut dyn TransitionJudge,
     edits: &mut Vec<Edit<'a>>,
 ) -> RecordVerdict {
@@ -101,9 +110,14 @@ fn check_record<'a>(
         std::array::from_fn(|i| rec.fields[i].last.map(|span| slot_at(text, &span)))
     };
     let task_id = rec.task_id.map(|(_, span)| match span.kind {
-        Kind::Str => json::string_text(text, &span).into_owned(),
-        _ => json::str_at(text, span.start, span.end).to_owned(),
+        Kind::Str => json::string_text(text, &span),
+        _ => Cow::Borrowed(json::str_at(text, span.start, span.end)),
     });
+    // An id past the bound is not remembered: the single-record rules still run.
+    let task_id_too_long = task_id
+        .as_ref()
+        .is_some_and(|id| id.len() > max_task_id_bytes);
+    let task_id = task_id.map(|id| super::cut(&id, max_task_id_bytes).into_owned());
     let mut found = Found::default();
     let mut state = original();
     let apply = if fix { Apply::FixMode } else { Apply::Nothing };
@@ -127,8 +141,10 @@ fn check_record<'a>(
         would_fix(rules, original(), &mut found);
     }
     let sent = match &task_id {
-        Some(id) => judge_transitions(rules, id, &mut state, fix, judge, &mut found),
-        None => record_state(&state),
+        Some(id) if !task_id_too_long => {
+            judge_transitions(rules, id, &mut state, fix, judge, &mut found)
+        }
+        _ => record_state(&state),
     };
     if fix {
         for (slot, spans) in rec.fields.iter().enumerate() {
@@ -149,6 +165,7 @@ fn check_record<'a>(
     }
     RecordVerdict {
         task_id,
+        task_id_too_long,
         level: worst(&found.issues),
         issues: found.issues,
         fixes: found.fixes,

@@ -14,12 +14,14 @@
 //! - `rules`: [`RuleSet`], the declarative rules compiled once.
 //! - `value`: field values as rules compare them.
 //! - `inspect`: the check, the fixpoint, the transition judge, the byte patch.
+//! - `shown`: [`cut`], text from a response bounded where it is shown or kept.
 
 mod inspect;
 mod json;
 mod route;
 mod rules;
 mod schema;
+mod shown;
 mod value;
 mod verdict;
 mod vocab;
@@ -30,6 +32,7 @@ pub use rules::{RuleLabel, RuleSet};
 pub use schema::{
     Condition, ConfigError, Conjunction, FieldsConfig, ModelConfig, RuleConfig, When,
 };
+pub use shown::{cut, SHOWN_TEXT_BYTES};
 pub use verdict::{
     Fix, Inspection, Issue, NoMemory, Outcome, RecordState, RecordVerdict, SkipReason,
     TransitionFinding, TransitionJudge,

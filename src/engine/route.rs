@@ -62,6 +62,9 @@ pub struct RouteSpec {
     pub(crate) keys: [KeyName; 4],
     /// Task id keys, the first present one wins.
     pub(crate) task_ids: Vec<KeyName>,
+    /// Longer task ids are not remembered (`tracker.max_task_id_bytes`), and are cut in the
+    /// verdict.
+    pub(crate) max_task_id_bytes: usize,
 }
 
 // === impl RouteSpec ===
@@ -75,6 +78,7 @@ impl RouteSpec {
         fields: &FieldsConfig,
         mode: Mode,
         track: bool,
+        max_task_id_bytes: usize,
     ) -> Result<RouteSpec, ConfigError> {
         let selector =
             parse_pointer(records).map_err(|problem| ConfigError::new("records", problem))?;
@@ -108,6 +112,7 @@ impl RouteSpec {
             selector,
             keys: named.map(|(_, key)| KeyName::new(key)),
             task_ids: fields.task_id.iter().map(|k| KeyName::new(k)).collect(),
+            max_task_id_bytes,
         })
     }
 

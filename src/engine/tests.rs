@@ -14,7 +14,15 @@ use crate::settings::Settings;
 mod shadow;
 
 fn route(records: &str, mode: Mode) -> RouteSpec {
-    RouteSpec::compile(records, &Config::default().fields, mode, false).expect("route compiles")
+    let config = Config::default();
+    RouteSpec::compile(
+        records,
+        &config.fields,
+        mode,
+        false,
+        config.tracker.max_task_id_bytes,
+    )
+    .expect("route compiles")
 }
 
 fn default_rules() -> RuleSet {
@@ -952,6 +960,24 @@ fn records_without_task_id_are_not_judged() {
     let ids: Vec<_> = judge.judged.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["e"]);
     assert_eq!(judge.remembered.len(), 1);
+}
+
+#[test]
+fn a_task_id_past_the_bound_is_cut_checked_and_not_judged() {
+    let long = "x".repeat(300);
+    let body = Bytes::from(format!(
+        r#"{{"task_id":"{long}","status":"completed","stage":"init","progress":100,"is_completed":true}}"#
+    ));
+    let mut judge = ScriptedJudge::default();
+    let out = inspect(&default_rules(), &route("", Mode::Fix), &body, &mut judge);
+    assert!(judge.judged.is_empty() && judge.remembered.is_empty());
+    let verdict = &verdicts(&out)[0];
+    assert!(verdict.task_id_too_long);
+    assert_eq!(
+        verdict.task_id.as_deref(),
+        Some(format!("{}…[+44 bytes]", "x".repeat(256)).as_str())
+    );
+    assert!(verdict.issues.iter().any(|i| &*i.rule == "completed_stage"));
 }
 
 /// The error on a misspelt `when` field lists the fields and conditions: all of them, so a

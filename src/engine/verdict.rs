@@ -43,7 +43,10 @@ impl SkipReason {
 /// The verdict on one task record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordVerdict {
+    /// Cut to `tracker.max_task_id_bytes` (with a marker) when longer.
     pub task_id: Option<String>,
+    /// The id was longer than `tracker.max_task_id_bytes`: the task was not remembered.
+    pub task_id_too_long: bool,
     /// Worst level among `issues` of rules not in shadow; `Consistent` when there are none.
     pub level: Level,
     pub issues: Vec<Issue>,

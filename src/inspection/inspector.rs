@@ -403,6 +403,9 @@ impl Inspector {
             let record = &*self.keepers.redactor.verdict(redacted, record);
             counters.checks.inc();
             counters.results[record.level as usize].inc();
+            if record.task_id_too_long {
+                counters.untracked_task_id_too_long.inc();
+            }
             let task_id = record.task_id.as_deref().unwrap_or("-");
             for issue in &record.issues {
                 counters.issue(&issue.rule, issue.level);

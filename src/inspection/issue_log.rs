@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Fix, Issue};
+use crate::engine::{Fix, Issue, SHOWN_TEXT_BYTES};
 
 /// Task ids kept as examples in a window's summary.
 const SAMPLE_IDS: usize = 3;
@@ -60,9 +60,9 @@ impl RouteIssueLog {
             route,
             rule = %issue.rule,
             severity = %issue.level,
-            detail = %issue.message,
+            detail = %shown(&issue.message),
             mode,
-            fix = fix.map(|f| format!("{}: {} -> {}", f.field, f.before, f.after)),
+            fix = fix.map(|f| format!("{}: {} -> {}", f.field, shown(&f.before), shown(&f.after))),
             "consistency issue"
         );
         let now = Instant::now();
@@ -105,10 +105,10 @@ impl RouteIssueLog {
                 route,
                 rule = %issue.rule,
                 severity = %issue.level,
-                detail = %issue.message,
+                detail = %shown(&issue.message),
                 field = fix.map(|f| display(f.field)),
-                before = fix.map(|f| display(&f.before)),
-                after = fix.map(|f| display(&f.after)),
+                before = fix.map(|f| display(shown(&f.before))),
+                after = fix.map(|f| display(shown(&f.after))),
                 "{message}"
             );
         }
@@ -182,6 +182,11 @@ impl Summary {
             "more consistency issues of this rule in the window (counted in the metrics)"
         );
     }
+}
+
+/// A message or value as logged: bounded, whatever the backend sent.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    crate::engine::cut(text, SHOWN_TEXT_BYTES)
 }
 
 #[cfg(test)]

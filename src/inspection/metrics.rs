@@ -35,6 +35,7 @@ pub struct InspectionFamilies {
     issues: IntCounterVec,
     fixes: IntCounterVec,
     skipped: IntCounterVec,
+    untracked: IntCounterVec,
     ratio: GaugeVec,
     /// `consistency_inspect_duration_seconds`.
     duration: Histogram,
@@ -68,6 +69,9 @@ pub struct RouteCounters {
     fixes: Vec<(Box<str>, RuleMode, IntCounter)>,
     /// Indexed by `Skip as usize`.
     skipped: [IntCounter; Skip::ALL.len()],
+    /// Records checked but whose task was not remembered: its id was longer than
+    /// `tracker.max_task_id_bytes`.
+    pub untracked_task_id_too_long: IntCounter,
     ratio: Gauge,
     /// For a combination not known at start (none today), so it still gets its series.
     route: Box<str>,
@@ -144,6 +148,11 @@ impl InspectionFamilies {
             "Responses on inspected routes passed through unchecked, by reason.",
             &["route", "reason"],
         )?;
+        let untracked = counter(
+            "consistency_untracked_total",
+            "Records checked by the single-record rules but whose task was not remembered, by reason (task_id_too_long: longer than tracker.max_task_id_bytes).",
+            &["route", "reason"],
+        )?;
         let ratio = GaugeVec::new(
             Opts::new(
                 "consistency_ratio",
@@ -166,6 +175,7 @@ impl InspectionFamilies {
             issues,
             fixes,
             skipped,
+            untracked,
             ratio,
             duration,
         })
@@ -191,6 +201,7 @@ impl InspectionMetrics {
             issues,
             fixes,
             skipped,
+            untracked,
             ratio,
             duration,
         } = families;
@@ -230,6 +241,8 @@ impl InspectionMetrics {
                         })
                         .collect(),
                     skipped: Skip::ALL.map(|s| skipped.with_label_values(&[name, s.as_str()])),
+                    untracked_task_id_too_long: untracked
+                        .with_label_values(&[name, "task_id_too_long"]),
                     ratio,
                     route: name.into(),
                     issue_family: issues.clone(),

@@ -52,6 +52,7 @@ impl Book {
 fn verdict(task: &str, level: Level, rules: &[&str]) -> RecordVerdict {
     RecordVerdict {
         task_id: Some(task.into()),
+        task_id_too_long: false,
         level,
         issues: rules
             .iter()

@@ -5,7 +5,12 @@ use crate::config::{self, Config};
 
 fn compile(routes: &[RouteConfig]) -> Result<RouteTable, ConfigError> {
     let config = Config::default();
-    RouteTable::compile(routes, &config.fields, config.mode)
+    RouteTable::compile(
+        routes,
+        &config.fields,
+        config.mode,
+        config.tracker.max_task_id_bytes,
+    )
 }
 
 fn table() -> RouteTable {
@@ -80,7 +85,13 @@ fn engine_errors_name_the_route_or_the_global_key() {
     ];
     for (text, key) in cases {
         let config = config::parse(text).expect(text);
-        let err = RouteTable::compile(&config.routes, &config.fields, config.mode).expect_err(text);
+        let err = RouteTable::compile(
+            &config.routes,
+            &config.fields,
+            config.mode,
+            config.tracker.max_task_id_bytes,
+        )
+        .expect_err(text);
         assert_eq!(err.key, key, "{text}: {err}");
     }
 }
