@@ -7,6 +7,7 @@
 //! - `config`: the TOML schema; the shipped `config/sidecar.toml` is the defaults.
 //! - `settings`: the configuration validated and compiled once at start (rules, routes).
 //! - `logging`: `tracing` subscriber, `RUST_LOG`, text or JSON.
+//! - `memory_budget`: the worst-case memory of a configuration, term by term (`check-config`).
 //! - `engine`: the pure inspection engine: JSON bytes and rules in, verdict and patched bytes out.
 //! - `evidence`: per route and rule, the newest inconsistent records, bounded, for `/evidence`.
 //! - `redact`: configured keys and pointers hashed before a value leaves the process.
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod evidence;
 pub mod inspection;
 pub mod logging;
+pub mod memory_budget;
 pub mod metrics;
 pub mod proxy;
 pub mod redact;

@@ -7,6 +7,8 @@ use clap::Args;
 use super::{usage_error, ConfigArgs};
 use crate::config::{self, Config};
 use crate::engine::{RuleMode, TransitionKind};
+use crate::memory_budget::MemoryBudget;
+use crate::runtime;
 use crate::settings::Settings;
 
 #[derive(Debug, Args, Clone, Default)]
@@ -15,8 +17,8 @@ pub struct CheckConfigArgs {
     pub config: ConfigArgs,
 }
 
-/// Prints the effective configuration (defaults filled in) as TOML, headed by a comment naming
-/// the rules in shadow if there are any; a bad one exits 64.
+/// Prints the effective configuration (defaults filled in) as TOML, headed by comments naming
+/// the rules in shadow if there are any and giving the memory budget; a bad one exits 64.
 pub fn run(args: &CheckConfigArgs) -> ExitCode {
     match config::load(args.config.config.as_deref()).and_then(Settings::compile) {
         Ok(settings) => {
@@ -27,6 +29,11 @@ pub fn run(args: &CheckConfigArgs) -> ExitCode {
                     shadow.join(", ")
                 );
             }
+            let workers = match settings.config.proxy.workers {
+                0 => runtime::default_workers(),
+                n => n,
+            };
+            print!("{}", MemoryBudget::of(&settings.config, workers));
             print!("{}", settings.config.to_toml());
             ExitCode::SUCCESS
         }

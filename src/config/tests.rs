@@ -150,7 +150,7 @@ fn each_mistake_is_one_line_naming_its_key() {
         ),
         (
             "[proxy]\nmax_headerz = 3".into(),
-            "proxy.max_headerz: unknown field `max_headerz`, expected one of `connect_timeout`, `response_header_timeout`, `client_header_timeout`, `client_idle_timeout`, `max_header_bytes`, `max_headers`, `upstream_idle_timeout`, `upstream_max_idle`, `upstream_max_connections`, `workers`, `max_concurrent_requests`, `shutdown_grace`, `ready_window`".into(),
+            "proxy.max_headerz: unknown field `max_headerz`, expected one of `connect_timeout`, `response_header_timeout`, `client_header_timeout`, `client_idle_timeout`, `max_client_connections`, `max_header_bytes`, `max_headers`, `upstream_idle_timeout`, `upstream_max_idle`, `upstream_max_connections`, `workers`, `max_concurrent_requests`, `shutdown_grace`, `ready_window`".into(),
         ),
         (
             "[tracker.rules.stage_regresion]\nenabled = true".into(),

@@ -18,7 +18,10 @@ use super::limit::{ConnectionLimit, Place};
 use crate::admin::Admin;
 
 /// Admin connections open at most; at the cap the longest idle is closed, as on the proxy port.
-pub(super) const ADMIN_MAX_CONNECTIONS: usize = 16;
+pub const ADMIN_MAX_CONNECTIONS: usize = 16;
+
+/// The largest request head the admin port reads.
+pub const ADMIN_MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Serves the admin port until told to stop.
 pub(super) async fn serve(
@@ -62,6 +65,9 @@ async fn serve_connection(stream: TcpStream, admin: Admin, place: Place) {
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
+        // Admin requests are a line and a few headers; hyper's default would let each
+        // connection's read buffer grow to 400 KiB.
+        .max_buf_size(ADMIN_MAX_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {

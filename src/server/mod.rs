@@ -27,6 +27,7 @@ use crate::runtime;
 use crate::settings::Settings;
 use crate::stack::Sidecar;
 
+pub use admin::{ADMIN_MAX_CONNECTIONS, ADMIN_MAX_HEAD_BYTES};
 use signals::ShutdownSignals;
 
 /// Runs the proxy and admin servers until `shutdown` completes, then stops accepting, lets
