@@ -136,7 +136,10 @@ impl MemoryBudget {
 impl fmt::Display for MemoryBudget {
     /// As `check-config` prints it: TOML comments, one term a line, then the total.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "# memory budget, worst case (docs/DESIGN.md, \"Memory budget\"):")?;
+        writeln!(
+            f,
+            "# memory budget, worst case (docs/DESIGN.md, \"Memory budget\"):"
+        )?;
         for term in &self.terms {
             writeln!(
                 f,
@@ -185,7 +188,10 @@ mod tests {
     #[test]
     fn printed_as_toml_comments_ending_with_the_total() {
         let printed = MemoryBudget::of(&Config::default(), 1).to_string();
-        assert!(printed.lines().all(|line| line.starts_with('#')), "{printed}");
+        assert!(
+            printed.lines().all(|line| line.starts_with('#')),
+            "{printed}"
+        );
         assert!(printed.lines().last().is_some_and(|l| l.contains("total")));
     }
 }
