@@ -24,8 +24,15 @@ pub const CLIENT_CONNECTION_BYTES: u64 = 20 * KIB;
 /// client connection costs.
 pub const UPSTREAM_CONNECTION_BYTES: u64 = 20 * KIB;
 
-/// One remembered task besides its id (`cargo run --release --example tracker_memory`).
-pub const TASK_BYTES: u64 = 90;
+/// One remembered task besides its id: 90 B measured (`cargo run --release --example
+/// tracker_memory`), plus the allocator's overhead on the id's own allocation.
+pub const TASK_BYTES: u64 = 106;
+
+/// What one worker may hold for one response at a time, outside the held-bytes budget: a
+/// decoder's window (brotli's is at most 16 MiB; docs/DESIGN.md, "Content codings") or the
+/// engine's patched copy (at most `max_decoded_bytes`, below it by validation), never both:
+/// decoding ends before the engine runs, and neither awaits.
+const WORKER_TRANSIENT_BYTES: u64 = 16 * MIB;
 
 /// One entry of the report's recent issues besides its cut message and task id.
 const RECENT_ISSUE_BYTES: u64 = 256;
@@ -62,6 +69,7 @@ impl MemoryBudget {
         let upstreams = clients.min(n(proxy.upstream_max_connections));
         let id = n(tracker.max_task_id_bytes);
         let recent_issue = RECENT_ISSUE_BYTES + n(SHOWN_TEXT_BYTES) + id;
+        let worker_transient = WORKER_TRANSIENT_BYTES.max(n(inspect.max_decoded_bytes));
         let terms = vec![
             Term {
                 name: "base",
@@ -101,12 +109,12 @@ impl MemoryBudget {
                 bytes: n(inspect.max_held_bytes),
             },
             Term {
-                name: "patched copies",
+                name: "per worker",
                 formula: format!(
-                    "workers {workers} x max_decoded_bytes {} MiB: the engine's output while it runs",
-                    n(inspect.max_decoded_bytes) / MIB
+                    "workers {workers} x {} MiB: a decoder's window or a patched copy",
+                    worker_transient / MIB
                 ),
-                bytes: n(workers) * n(inspect.max_decoded_bytes),
+                bytes: n(workers) * worker_transient,
             },
             Term {
                 name: "task memory",
