@@ -6,19 +6,28 @@
 //! The status page is one self-contained HTML file compiled into the binary: it loads nothing
 //! but `/report.json`, so it works offline, and its CSP tells the browser to refuse anything else.
 
-use std::sync::Arc;
+mod access;
+mod csp;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpStream;
 
 use crate::metrics;
+use crate::proxy::BoxError;
 use crate::reload::Reloader;
 use crate::report::{StalledRow, Started, Status};
 use crate::stack::Sidecar;
 use crate::tracker::STALLED_LISTED;
+
+pub use access::AdminToken;
+use access::Refusal;
 
 /// The admin service; cheap to clone per connection.
 #[derive(Clone, Debug)]
@@ -32,10 +41,20 @@ pub struct Admin {
 /// The status page: inline CSS and script, no external resource of any kind.
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
-/// Only the page's own inline script and style, and fetches back to this port.
-const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
-    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
-    form-action 'none'; frame-ancestors 'none'";
+/// The login form of a port with a token: no script, no style.
+const LOGIN_PAGE: &str = include_str!("admin/login.html");
+
+/// Only the page's own inline script and style (by hash), and fetches back to this port.
+static STATUS_PAGE_CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
+    HeaderValue::from_str(&csp::for_inline_page(STATUS_PAGE)).expect("the CSP is ASCII")
+});
+
+/// Nothing at all but posting the form back.
+const LOGIN_PAGE_CSP: &str =
+    "default-src 'none'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The most a login form's body may hold.
+const LOGIN_BODY_LIMIT: usize = 4096;
 
 // === impl Admin ===
 
@@ -51,19 +70,69 @@ impl Admin {
         }
     }
 
-    /// Answers one admin request; only the method and path are looked at.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
-        if req.uri().path() == "/-/reload" {
+    /// Answers one admin request from `peer`: the door's checks ([`access`]), then the path.
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let mut response = self.admit_and_serve(req, peer).await;
+        // No admin answer is ever to be read as anything but its declared type.
+        response.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
+    }
+
+    async fn admit_and_serve<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let settings = self.sidecar.current().settings.clone();
+        let door = &settings.config.admin;
+        if let Err(refusal) = access::check_host(door, req.headers()) {
+            return refused(refusal);
+        }
+        let path = req.uri().path();
+        if !matches!(path, "/healthz" | "/readyz") {
+            if path == "/login" {
+                return self.login(req, settings.admin_token.as_deref()).await;
+            }
+            if let Some(token) = &settings.admin_token {
+                if !token.admits(req.headers()) {
+                    return if matches!(path, "/" | "/status") {
+                        see_other("login")
+                    } else {
+                        refused(Refusal::NoToken)
+                    };
+                }
+            }
+        }
+        if path == "/-/reload" {
+            if *req.method() == Method::POST {
+                let allowed = access::check_reload_peer(door, peer.ip())
+                    .and_then(|()| access::check_origin(req.headers()));
+                if let Err(refusal) = allowed {
+                    return refused(refusal);
+                }
+            }
             return self.reload(req.method());
         }
-        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        self.serve(req.method(), path).await
+    }
+
+    /// The read-only paths: only the method and path are looked at.
+    async fn serve(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if !matches!(*method, Method::GET | Method::HEAD) {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        match req.uri().path() {
+        match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.ready().await,
             "/metrics" => {
@@ -77,46 +146,8 @@ impl Admin {
                 response
             }
             "/report" => text(StatusCode::OK, self.sidecar.book().snapshot().to_text()),
-            "/report.json" => {
-                let settings = self.sidecar.current().settings.clone();
-                let mut status = Status::collect(
-                    &self.sidecar.book(),
-                    &self.sidecar.registry,
-                    &settings,
-                    self.started,
-                );
-                status.config = self.reloader.as_ref().map(|r| r.last());
-                status.stalled.tasks = stalled_rows(&self.sidecar);
-                let json = serde_json::to_vec_pretty(&status)
-                    .unwrap_or_else(|_| br#"{"error": "report unavailable"}"#.to_vec());
-                let mut response = Response::new(Full::new(Bytes::from(json)));
-                let headers = response.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response
-            }
-            "/" | "/status" => {
-                let mut response =
-                    Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
-                let headers = response.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/html; charset=utf-8"),
-                );
-                headers.insert(
-                    header::CONTENT_SECURITY_POLICY,
-                    HeaderValue::from_static(STATUS_PAGE_CSP),
-                );
-                headers.insert(
-                    header::X_CONTENT_TYPE_OPTIONS,
-                    HeaderValue::from_static("nosniff"),
-                );
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response
-            }
+            "/report.json" => self.report_json(),
+            "/" | "/status" => html(STATUS_PAGE, STATUS_PAGE_CSP.clone()),
             "/evidence" => evidence::evidence(&self.sidecar, req.uri().query()),
             path if path.starts_with("/tasks/") => {
                 evidence::task(&self.sidecar, &path["/tasks/".len()..]).await
@@ -126,6 +157,68 @@ impl Admin {
                 "try /status, /healthz, /readyz, /metrics, /report, /report.json, /evidence, /tasks/{id}\n",
             ),
         }
+    }
+
+    fn report_json(&self) -> Response<Full<Bytes>> {
+        let settings = self.sidecar.current().settings.clone();
+        let mut status = Status::collect(
+            &self.sidecar.book(),
+            &self.sidecar.registry,
+            &settings,
+            self.started,
+        );
+        status.config = self.reloader.as_ref().map(|r| r.last());
+        status.stalled.tasks = stalled_rows(&self.sidecar);
+        let json = serde_json::to_vec_pretty(&status)
+            .unwrap_or_else(|_| br#"{"error": "report unavailable"}"#.to_vec());
+        let mut response = Response::new(Full::new(Bytes::from(json)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    /// `GET /login`: the form; `POST /login` with the right token: the cookie, and on to the
+    /// status page.
+    async fn login<B>(&self, req: Request<B>, token: Option<&AdminToken>) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let Some(token) = token else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "no admin.token_file is set: nothing to log in to\n",
+            );
+        };
+        if *req.method() != Method::POST {
+            return html(LOGIN_PAGE, HeaderValue::from_static(LOGIN_PAGE_CSP));
+        }
+        // A page elsewhere must not log a browser in to a token of its choosing either.
+        if let Err(refusal) = access::check_origin(req.headers()) {
+            return refused(refusal);
+        }
+        let body = match Limited::new(req.into_body(), LOGIN_BODY_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "login form too large\n"),
+        };
+        let presented = form_field(&body, b"token").unwrap_or_default();
+        if !token.is(&presented) {
+            let mut response = html(LOGIN_PAGE, HeaderValue::from_static(LOGIN_PAGE_CSP));
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            return response;
+        }
+        let mut response = see_other("status");
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, token.set_cookie());
+        response
     }
 
     /// Ready when the upstream answered within `proxy.ready_window`, or accepts a TCP connection now.
@@ -210,6 +303,88 @@ fn stalled_rows(sidecar: &Sidecar) -> Vec<StalledRow> {
             last_polled_seconds_ago: task.polled_ago_ms / 1000,
         })
         .collect()
+}
+
+/// A refusal as a short JSON answer.
+fn refused(refusal: Refusal) -> Response<Full<Bytes>> {
+    let (status, error) = match refusal {
+        Refusal::ForeignHost => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this Host is not in admin.allowed_hosts",
+        ),
+        Refusal::NoToken => (
+            StatusCode::UNAUTHORIZED,
+            "this admin port needs its token: Authorization: Bearer <admin.token_file>",
+        ),
+        Refusal::PeerNotAllowed => (
+            StatusCode::FORBIDDEN,
+            "reload is not allowed from this address (admin.reload_from)",
+        ),
+        Refusal::ForeignOrigin => (
+            StatusCode::FORBIDDEN,
+            "refused: the request comes from another origin's page",
+        ),
+    };
+    let body = serde_json::json!({ "error": error }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if refusal == Refusal::NoToken {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"consistency-sidecar admin\""),
+        );
+    }
+    response
+}
+
+/// A page of this port, with its policy; never cached, since it may sit behind a login.
+fn html(page: &'static str, csp: HeaderValue) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// 303 to a path relative to this one (`login`, `status`), so the page works under any prefix.
+fn see_other(to: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    response
+        .headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
+    response
+}
+
+/// The value of `name` in an `application/x-www-form-urlencoded` body, decoded.
+fn form_field(body: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    let value = body.split(|&b| b == b'&').find_map(|pair| {
+        let (key, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+        (key == name).then(|| &value[1..])
+    })?;
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [*bytes.next()?, *bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    Some(out)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::{FieldsConfig, Level, Mode, ModelConfig, RuleConfig, RuleMode, TransitionKind};
@@ -114,6 +115,7 @@ pub struct Config {
     /// Kubernetes ConfigMap changes under a running pod; SIGHUP and `POST /-/reload` always work.
     pub watch_config: bool,
     pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
     pub inspect: InspectConfig,
     pub model: ModelConfig,
     pub fields: FieldsConfig,
@@ -171,6 +173,40 @@ pub struct ProxyConfig {
     /// /readyz answers ready if the upstream answered within this window (else it tries a TCP connect).
     #[serde(with = "humantime_serde")]
     pub ready_window: Duration,
+    /// Peers whose `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are passed on; from
+    /// any other peer they are set from the connection (or dropped). `[]`: nobody.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Who may use the admin port, and how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Peers that may `POST /-/reload` (SIGHUP and `watch_config` need no network).
+    pub reload_from: Vec<IpNet>,
+    /// Host names the admin port answers to; IP literals always pass (DNS rebinding guard).
+    pub allowed_hosts: Vec<String>,
+    /// A file holding the bearer token every path but `/healthz` and `/readyz` then needs; "":
+    /// no token.
+    pub token_file: String,
+}
+
+// === impl AdminConfig ===
+
+impl AdminConfig {
+    /// Host names are compared as DNS names: lower case, no port, no scheme.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            let name_safe = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+            if host.is_empty() || !host.bytes().all(name_safe) {
+                return Err(ConfigError::new(
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!("{host:?} is not a host name (no port, no scheme)"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What is inspected and how much of it may be held in memory.
@@ -643,6 +679,7 @@ impl Config {
                 return Err(ConfigError::new(key, "must be greater than 0s"));
             }
         }
+        self.admin.validate()?;
         self.tracker.validate_store()?;
         self.evidence.validate()?;
         self.redaction.validate()?;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::admin::AdminToken;
 use crate::config::{Config, ConfigError};
 use crate::engine::RuleSet;
 use crate::redact::Redactor;
@@ -17,6 +18,8 @@ pub struct Settings {
     pub rules: Arc<RuleSet>,
     /// `[redaction]`, compiled (its key read).
     pub redactor: Arc<Redactor>,
+    /// The token of `admin.token_file`, read at load (and at every reload, to rotate it).
+    pub admin_token: Option<Arc<AdminToken>>,
 }
 
 // === impl Settings ===
@@ -34,11 +37,19 @@ impl Settings {
         )?;
         let rules = Arc::new(RuleSet::compile(&config.model, &config.rules)?);
         let redactor = Arc::new(Redactor::compile(&config.redaction)?);
+        let admin_token = match config.admin.token_file.as_str() {
+            "" => None,
+            path => Some(Arc::new(
+                AdminToken::read(std::path::Path::new(path))
+                    .map_err(|problem| ConfigError::new("admin.token_file", problem))?,
+            )),
+        };
         Ok(Settings {
             config,
             routes,
             rules,
             redactor,
+            admin_token,
         })
     }
 }

@@ -1,11 +1,19 @@
 //! Unit tests for the admin service, without a socket: the status page and `/report.json`.
 
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
 
 use super::*;
 use crate::config::{self, Config};
 use crate::reload::ConfigSource;
 use crate::settings::Settings;
+
+/// A peer on loopback, as a local operator's curl.
+const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
+fn empty() -> Empty<Bytes> {
+    Empty::new()
+}
 
 fn sidecar() -> Arc<Sidecar> {
     let settings = Arc::new(Settings::compile(Config::default()).expect("defaults compile"));
@@ -33,7 +41,10 @@ fn reloading(file: &tempfile::NamedTempFile) -> (Admin, Arc<Sidecar>) {
 
 async fn post(admin: &Admin, path: &str) -> (StatusCode, String) {
     let response = admin
-        .handle(Request::post(path).body(()).expect("request"))
+        .handle(
+            Request::post(path).body(empty()).expect("request"),
+            LOOPBACK,
+        )
         .await;
     let status = response.status();
     let body = response
@@ -116,7 +127,7 @@ async fn reload_wants_post_and_a_source() {
 
 async fn fetch(admin: &Admin, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
     let response = admin
-        .handle(Request::get(path).body(()).expect("request"))
+        .handle(Request::get(path).body(empty()).expect("request"), LOOPBACK)
         .await;
     let (head, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
@@ -130,7 +141,8 @@ async fn the_status_page_is_served_at_root_and_status() {
         let (status, headers, body) = fetch(&admin, path).await;
         assert_eq!(status, StatusCode::OK, "{path}");
         assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
-        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], STATUS_PAGE_CSP);
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], *STATUS_PAGE_CSP);
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(headers[header::CACHE_CONTROL], "no-store");
         assert_eq!(body, STATUS_PAGE.as_bytes());
     }
@@ -172,4 +184,50 @@ async fn report_json_carries_the_report_and_a_section_per_concern() {
     }
     assert_eq!(json["routes"].as_array().map(Vec::len), Some(3));
     assert_eq!(json["history"]["every_seconds"], 5);
+}
+
+#[tokio::test]
+async fn reload_from_a_peer_outside_reload_from_is_refused_before_anything_is_read() {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), "mode = \"observe\"\n").expect("write");
+    let (admin, sidecar) = reloading(&file);
+    let outside: SocketAddr = "10.1.2.3:40000".parse().expect("addr");
+    let response = admin
+        .handle(
+            Request::post("/-/reload").body(empty()).expect("request"),
+            outside,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    assert_eq!(
+        sidecar.current().settings.config.mode,
+        crate::engine::Mode::Fix,
+        "nothing reloaded"
+    );
+}
+
+#[test]
+fn the_status_page_csp_names_its_inline_blocks_by_hash_and_allows_nothing_inline() {
+    let csp = STATUS_PAGE_CSP.to_str().expect("ascii");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(
+        csp.matches("'sha256-").count(),
+        2,
+        "one script, one style: {csp}"
+    );
+    assert!(
+        !STATUS_PAGE.contains(" style=\""),
+        "inline style attributes are refused"
+    );
+}
+
+#[test]
+fn a_login_form_field_is_percent_and_plus_decoded() {
+    assert_eq!(
+        form_field(b"a=1&token=ab%2Bc+d%3D", b"token").as_deref(),
+        Some(&b"ab+c d="[..])
+    );
+    assert_eq!(form_field(b"token=%zz", b"token"), None);
+    assert_eq!(form_field(b"other=1", b"token"), None);
 }

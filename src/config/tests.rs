@@ -111,6 +111,23 @@ fn each_mistake_is_one_line_naming_its_key() {
     const NEW_RULE: &str = "[[rules]]\nname = \"r\"\nlevel = \"critical\"\n";
     let when_takes = "a `when` table takes the fields status, stage, progress, is_completed, each with the conditions present, is, is_not, one_of, not_one_of, known, number_in, not_number_in";
     let cases: Vec<(String, String)> = vec![
+        // The admin door and the trusted proxies.
+        (
+            "[admin]\nreload_from = [\"127.0.0.1\"]".into(),
+            "admin.reload_from[0]: invalid IP address syntax".into(),
+        ),
+        (
+            "[admin]\nallowed_hosts = [\"http://ops.example\"]".into(),
+            "admin.allowed_hosts[0]: \"http://ops.example\" is not a host name (no port, no scheme)".into(),
+        ),
+        (
+            "[proxy]\ntrusted_proxies = [\"10.0.0.0/33\"]".into(),
+            "proxy.trusted_proxies[0]: invalid IP address syntax".into(),
+        ),
+        (
+            "[admin]\ntoken_file = \"/nonexistent/token\"".into(),
+            "admin.token_file: cannot read /nonexistent/token: No such file or directory (os error 2)".into(),
+        ),
         // A misspelt field inside `when`, alone or in an any-of list.
         (
             format!("{NEW_RULE}when = {{ statuz = {{ is = \"a\" }} }}"),
@@ -146,11 +163,11 @@ fn each_mistake_is_one_line_naming_its_key() {
         // Unknown keys anywhere.
         (
             "bogus = 1".into(),
-            "bogus: unknown field `bogus`, expected one of `listen`, `upstream`, `admin_listen`, `mode`, `log_format`, `watch_config`, `proxy`, `inspect`, `model`, `fields`, `tracker`, `evidence`, `redaction`, `capture`, `routes`, `rules`".into(),
+            "bogus: unknown field `bogus`, expected one of `listen`, `upstream`, `admin_listen`, `mode`, `log_format`, `watch_config`, `proxy`, `admin`, `inspect`, `model`, `fields`, `tracker`, `evidence`, `redaction`, `capture`, `routes`, `rules`".into(),
         ),
         (
             "[proxy]\nmax_headerz = 3".into(),
-            "proxy.max_headerz: unknown field `max_headerz`, expected one of `connect_timeout`, `response_header_timeout`, `client_header_timeout`, `client_idle_timeout`, `max_client_connections`, `max_header_bytes`, `max_headers`, `upstream_idle_timeout`, `upstream_max_idle`, `upstream_max_connections`, `workers`, `max_concurrent_requests`, `shutdown_grace`, `ready_window`".into(),
+            "proxy.max_headerz: unknown field `max_headerz`, expected one of `connect_timeout`, `response_header_timeout`, `client_header_timeout`, `client_idle_timeout`, `max_client_connections`, `max_header_bytes`, `max_headers`, `upstream_idle_timeout`, `upstream_max_idle`, `upstream_max_connections`, `workers`, `max_concurrent_requests`, `shutdown_grace`, `ready_window`, `trusted_proxies`".into(),
         ),
         (
             "[tracker.rules.stage_regresion]\nenabled = true".into(),

@@ -111,6 +111,13 @@ where
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
+        if let Err(problem) = one_host(&parts.headers, parts.version) {
+            return ForwardFuture::answered(error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                problem,
+            ));
+        }
         let Some(path) = origin_form(&parts.uri) else {
             return ForwardFuture::answered(error_response(
                 StatusCode::BAD_REQUEST,
@@ -251,6 +258,17 @@ impl Returning {
         failure
             .into_response(self.authority.as_str())
             .map(Either::Right)
+    }
+}
+
+/// RFC 9112 §3.2: a request with more than one `Host`, or an HTTP/1.1 request with none, gets
+/// 400 (as nginx answers): two hosts are two answers to "which site", and the upstream would
+/// pick one we did not. HTTP/2 names its authority in `:authority` instead.
+fn one_host(headers: &http::HeaderMap, version: Version) -> Result<(), &'static str> {
+    match headers.get_all(HOST).iter().count() {
+        0 if version == Version::HTTP_11 => Err("an HTTP/1.1 request needs a Host header"),
+        0 | 1 => Ok(()),
+        _ => Err("more than one Host header"),
     }
 }
 

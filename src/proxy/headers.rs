@@ -1,12 +1,15 @@
 //! Header rewriting between client and upstream: hop-by-hop headers out, `X-Forwarded-*` and
-//! `Via` in, per RFC 9110 §7.6.
+//! `Via` in, per RFC 9110 §7.6. What a client says about the original scheme and host is only
+//! believed from a trusted proxy (`proxy.trusted_proxies`), as Envoy's `xff_num_trusted_hops`
+//! and Traefik's `trustedIPs` do: the backend behind us believes whatever we pass on.
 
 use std::net::SocketAddr;
 
 use http::header::Entry;
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE, VIA};
+use http::header::{CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE, VIA};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use ipnet::IpNet;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -35,15 +38,20 @@ pub struct ClientAddr {
     /// The IP as `X-Forwarded-For` writes it, formatted once per connection rather than per
     /// request.
     forwarded_for: HeaderValue,
+    /// Whether the peer is in `proxy.trusted_proxies`, decided once per connection: only then
+    /// are its `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` passed on.
+    trusted: bool,
 }
 
 impl ClientAddr {
-    pub fn new(addr: SocketAddr) -> ClientAddr {
+    /// The client at `addr`, trusted as a proxy when `trusted_proxies` holds its IP.
+    pub fn new(addr: SocketAddr, trusted_proxies: &[IpNet]) -> ClientAddr {
         let ip = addr.ip().to_canonical();
         ClientAddr {
             addr,
             forwarded_for: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP address is a valid header value"),
+            trusted: trusted_proxies.iter().any(|net| net.contains(&ip)),
         }
     }
 
@@ -103,9 +111,16 @@ pub(crate) fn rewrite_request(
     }
     if let Some(client) = client {
         append_forwarded_for(headers, client);
+        if !client.trusted {
+            // Anyone may write these; from a peer we do not trust they say nothing, so they are
+            // set below from the connection (plain http) and the request's own Host.
+            headers.remove(X_FORWARDED_PROTO);
+            headers.remove(X_FORWARDED_HOST);
+            headers.remove(FORWARDED);
+        }
     }
-    // Whoever is in front of us (a TLS terminator, a load balancer) knows the original scheme
-    // and host better than we do, so an existing value is kept.
+    // A trusted proxy in front of us (a TLS terminator, an ingress) knows the original scheme
+    // and host better than we do, so its value is kept.
     if let Entry::Vacant(entry) = headers.entry(X_FORWARDED_PROTO) {
         entry.insert(HeaderValue::from_static("http"));
     }

@@ -4,6 +4,7 @@
 //! must not cost the proxy's memory.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Request;
@@ -37,12 +38,12 @@ pub(super) async fn serve(
         tokio::select! {
             () = &mut stopping => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let place = tokio::select! {
                         () = &mut stopping => break,
                         place = cap.admit() => place,
                     };
-                    connections.spawn(serve_connection(stream, admin.clone(), place));
+                    connections.spawn(serve_connection(stream, peer, admin.clone(), place));
                 }
                 Err(err) => super::accept_failed(err).await,
             },
@@ -51,14 +52,14 @@ pub(super) async fn serve(
     }
 }
 
-async fn serve_connection(stream: TcpStream, admin: Admin, place: Place) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, admin: Admin, place: Place) {
     let deadlines = place.deadlines().clone();
     let io = TokioIo::new(ActivityIo::new(stream, deadlines.clone()));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let admin = admin.clone();
         let open = deadlines.request(false);
         Answering::new(
-            async move { Ok::<_, Infallible>(admin.handle(req).await) },
+            async move { Ok::<_, Infallible>(admin.handle(req, peer).await) },
             open,
         )
     });

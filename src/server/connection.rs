@@ -76,9 +76,14 @@ impl Connection {
         }
         let deadlines = place.deadlines().clone();
         let io = TokioIo::new(ActivityIo::new(stream, deadlines.clone()));
+        // Per connection: a reload of proxy.trusted_proxies applies to connections made after it.
+        let client = ClientAddr::new(
+            peer,
+            &sidecar.current().settings.config.proxy.trusted_proxies,
+        );
         let service = FromClient {
             sidecar,
-            client: ClientAddr::new(peer),
+            client,
             deadlines: deadlines.clone(),
         };
         let connection = builder.serve_connection_with_upgrades(io, service);

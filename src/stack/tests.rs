@@ -33,8 +33,10 @@ fn sidecar(edit: impl FnOnce(&mut Config)) -> Sidecar {
     Sidecar::new(Arc::new(settings)).expect("families register")
 }
 
+/// An HTTP/1.1 GET with its one `Host`, as a client sends it.
 fn get(path: &str) -> Request<ProxyBody> {
     Request::get(path)
+        .header(http::header::HOST, "sidecar.test")
         .body(ProxyBody::default())
         .expect("request")
 }

@@ -45,7 +45,7 @@ fn forwarded_headers_are_added() {
         ("x-forwarded-for", "10.0.0.1"),
         ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
     ]);
-    let client = ClientAddr::new("192.0.2.7:40000".parse().expect("addr"));
+    let client = ClientAddr::new("192.0.2.7:40000".parse().expect("addr"), &[]);
     rewrite_request(&mut map, Version::HTTP_11, Some(&client), None, None);
     assert_eq!(
         all(&map, "x-forwarded-for"),
@@ -61,7 +61,7 @@ fn forwarded_headers_are_added() {
 fn forwarded_for_is_the_client_alone_when_none_came() {
     let mut map = headers(&[("host", "api.example")]);
     // An IPv4 client on a dual-stack socket is written as IPv4.
-    let client = ClientAddr::new("[::ffff:192.0.2.7]:40000".parse().expect("addr"));
+    let client = ClientAddr::new("[::ffff:192.0.2.7]:40000".parse().expect("addr"), &[]);
     rewrite_request(&mut map, Version::HTTP_11, Some(&client), None, None);
     assert_eq!(all(&map, "x-forwarded-for"), ["192.0.2.7"]);
     assert_eq!(all(&map, "x-forwarded-host"), ["api.example"]);
@@ -114,4 +114,29 @@ fn response_keeps_repeated_headers_in_order() {
     rewrite_response(&mut map, Version::HTTP_11, false);
     assert_eq!(all(&map, "set-cookie"), ["a=1", "b=2", "c=3"]);
     assert!(map.get("connection").is_none());
+}
+
+#[test]
+fn forwarded_proto_and_host_are_believed_only_from_a_trusted_proxy() {
+    let sent = [
+        ("host", "shop.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=1.2.3.4;host=evil.example;proto=https"),
+    ];
+    let ingress: IpNet = "10.0.0.0/8".parse().expect("net");
+    let trusted = ClientAddr::new("10.1.2.3:40000".parse().expect("addr"), &[ingress]);
+    let mut map = headers(&sent);
+    rewrite_request(&mut map, Version::HTTP_11, Some(&trusted), None, None);
+    assert_eq!(all(&map, "x-forwarded-proto"), ["https"]);
+    assert_eq!(all(&map, "x-forwarded-host"), ["evil.example"]);
+    assert_eq!(all(&map, "forwarded"), [sent[3].1]);
+
+    let stranger = ClientAddr::new("203.0.113.9:40000".parse().expect("addr"), &[ingress]);
+    let mut map = headers(&sent);
+    rewrite_request(&mut map, Version::HTTP_11, Some(&stranger), None, None);
+    assert_eq!(all(&map, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(&map, "x-forwarded-host"), ["shop.example"]);
+    assert!(map.get("forwarded").is_none());
+    assert_eq!(all(&map, "x-forwarded-for"), ["203.0.113.9"]);
 }
