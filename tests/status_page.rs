@@ -362,3 +362,45 @@ async fn stalled_tasks_are_listed_in_report_json_and_on_the_page_oldest_first() 
     assert_eq!(total, "3");
     assert_eq!(browser.errors(), Vec::<String>::new(), "console errors");
 }
+
+#[tokio::test]
+async fn with_a_token_the_browser_logs_in_once_and_the_page_runs_under_its_csp() {
+    let Some(backend) = StandIn::start(&["--seed", "7"]).await else {
+        return;
+    };
+    let Some(mut browser) = Browser::launch() else {
+        return;
+    };
+    let token = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token.path(), "a-browser-token-0123456789\n").expect("write token");
+    let config = format!("[admin]\ntoken_file = {:?}\n", token.path());
+    let sidecar = Sidecar::start(&backend.url(), &config).await;
+    traffic(&sidecar, 2).await;
+
+    // Sent to the login form, which posts the token and is answered with the cookie.
+    browser.open(&format!("{}status", sidecar.admin_url("/")));
+    assert_eq!(
+        browser.evaluate("location.pathname"),
+        "/login",
+        "no token yet: the login form"
+    );
+    browser.evaluate(
+        "document.querySelector('input[name=token]').value = 'a-browser-token-0123456789'; \
+         document.querySelector('form').requestSubmit(); true",
+    );
+    browser.wait_until("the status page, logged in", Duration::from_secs(10), |b| {
+        let shown = b.evaluate(
+            "location.pathname === '/status' && document.getElementById('state') !== null \
+             && document.getElementById('state').className === 'live'",
+        );
+        (shown == true).then_some(())
+    });
+    let cookie_seen_by_script = browser.evaluate("document.cookie");
+    assert_eq!(cookie_seen_by_script, "", "the login cookie is HttpOnly");
+    // Bar widths are set through the CSSOM, which the CSP allows; inline style is refused.
+    let checks =
+        browser.evaluate("document.querySelector('[data-key=\"total_checks\"]').textContent");
+    assert_ne!(checks, "");
+    assert_eq!(browser.failed_requests(), Vec::<String>::new());
+    assert_eq!(browser.errors(), Vec::<String>::new(), "console errors");
+}

@@ -103,6 +103,32 @@ pub async fn request_on(
     request_via(&mut connect(addr).await?, request).await
 }
 
+/// Like [`request_on`], from the local address `from` (such as `127.0.0.2`, still loopback):
+/// how a test plays a peer outside a CIDR list without leaving the machine.
+pub async fn request_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    request: Request<TestBody>,
+) -> Result<Response<Incoming>, BoxError> {
+    let opening = async {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        let stream = socket.connect(addr).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok::<_, BoxError>(sender)
+    };
+    let mut sender = match tokio::time::timeout(PATIENCE, opening).await {
+        Ok(sender) => sender?,
+        Err(_) => return Err(format!("no connection within {PATIENCE:?}").into()),
+    };
+    request_via(&mut sender, request).await
+}
+
 /// Reads a whole response body (trailers dropped), bounded by [`PATIENCE`].
 pub async fn collect(response: Response<Incoming>) -> Result<Answer, BoxError> {
     let (head, body) = response.into_parts();
