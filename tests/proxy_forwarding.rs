@@ -121,6 +121,90 @@ async fn forwarded_headers_are_added() {
     assert_eq!(seen.version, Version::HTTP_11);
 }
 
+/// What a client claims about the original request, as an ingress in front would write it.
+const CLAIMS: [(&str, &str); 4] = [
+    ("host", "shop.example:8080"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-host", "evil.example"),
+    (
+        "forwarded",
+        "for=198.51.100.1;host=evil.example;proto=https",
+    ),
+];
+
+fn claiming() -> Request<TestBody> {
+    let mut request = Request::get("/plain");
+    for (name, value) in CLAIMS {
+        request = request.header(name, value);
+    }
+    request.body(empty()).expect("request")
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_a_trusted_peer_pass_and_from_another_are_set_from_the_request() {
+    let upstream = TestUpstream::standard().await;
+    // 127.0.0.1 is trusted; 127.0.0.2 plays a client outside the list, still on loopback.
+    let config = "[proxy]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+    let sidecar = Sidecar::start(&upstream.url(), config).await;
+    let trusted = std::net::IpAddr::from([127, 0, 0, 1]);
+    let stranger = std::net::IpAddr::from([127, 0, 0, 2]);
+
+    for from in [trusted, stranger] {
+        let response = request_from(from, sidecar.addr, claiming())
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let seen = upstream.seen();
+    let ingress = &seen[0].headers;
+    assert_eq!(ingress["x-forwarded-proto"], "https");
+    assert_eq!(ingress["x-forwarded-host"], "evil.example");
+    assert_eq!(ingress["forwarded"], CLAIMS[3].1);
+
+    let client = &seen[1].headers;
+    assert_eq!(client["x-forwarded-proto"], "http", "from the connection");
+    assert_eq!(client["x-forwarded-host"], "shop.example:8080", "from Host");
+    assert!(client.get("forwarded").is_none(), "Forwarded is dropped");
+    assert_eq!(client["x-forwarded-for"], "127.0.0.2");
+}
+
+#[tokio::test]
+async fn trusted_proxies_empty_trusts_even_loopback_nothing() {
+    let upstream = TestUpstream::standard().await;
+    let sidecar = Sidecar::start(&upstream.url(), "[proxy]\ntrusted_proxies = []\n").await;
+    let response = request_on(sidecar.addr, claiming())
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = &upstream.seen()[0].headers;
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "shop.example:8080");
+    assert!(seen.get("forwarded").is_none());
+}
+
+#[tokio::test]
+async fn two_host_headers_or_none_on_http11_get_400_and_nothing_reaches_the_upstream() {
+    let upstream = TestUpstream::standard().await;
+    let sidecar = Sidecar::start(&upstream.url(), "").await;
+    for head in [
+        "GET /plain HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        "GET /plain HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /plain HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    ] {
+        let answer = raw(sidecar.addr, head.as_bytes()).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.0 400"),
+            "{head:?}: {text}"
+        );
+        assert!(text.contains("Host"), "{text}");
+    }
+    assert!(upstream.seen().is_empty(), "the upstream saw a request");
+    // HTTP/1.0 may leave Host out: there was no Host before HTTP/1.1.
+    let answer = raw(sidecar.addr, b"GET /plain HTTP/1.0\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.0 200"));
+}
+
 #[tokio::test]
 async fn path_query_and_percent_encoding_are_untouched() {
     let upstream = TestUpstream::standard().await;
