@@ -67,8 +67,16 @@ impl Upstream {
             Some(other) => return Err(format!("scheme {other:?} not supported, use http://")),
             None => return Err("missing scheme, expected http://host:port".into()),
         }
-        if uri.authority().is_none() {
+        let Some(authority) = uri.authority() else {
             return Err("missing host".into());
+        };
+        // Refused rather than redacted: the sidecar never sends credentials upstream, and a URL
+        // with a password would show in every place the upstream is named.
+        if authority.as_str().contains('@') {
+            return Err(
+                "must not carry credentials (user:password@): the sidecar sends none upstream"
+                    .into(),
+            );
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err("must not carry a path or query; requests keep their own".into());
@@ -748,9 +756,12 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML, for `check-config`.
+    /// The effective configuration as TOML, for `check-config`: the Redis password shown as
+    /// `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        shown.tracker.redis_url = crate::tracker::redacted_redis_url(&self.tracker.redis_url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 

@@ -143,6 +143,46 @@ fn bad_config_is_one_line_naming_the_key_and_exit_64() {
 }
 
 #[test]
+fn credentials_are_never_shown_upstream_refused_and_redis_password_redacted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("upstream.toml");
+    std::fs::write(&path, "upstream = \"http://ops:hunter2@127.0.0.1:5000\"\n").expect("write");
+    let file = path.to_str().expect("UTF-8 path");
+    for args in [
+        vec!["check-config", "--config", file],
+        vec!["run", "--config", file],
+        vec!["run", "--upstream", "http://ops:hunter2@127.0.0.1:5000"],
+    ] {
+        let out = sidecar(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("upstream"), "{stderr}");
+        assert!(stderr.contains("credentials"), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+
+    let path = dir.path().join("redis.toml");
+    std::fs::write(
+        &path,
+        "[tracker]\nredis_url = \"redis://sidecar:hunter2@redis.internal:6379/2\"\n",
+    )
+    .expect("write");
+    let out = sidecar(&[
+        "check-config",
+        "--config",
+        path.to_str().expect("UTF-8 path"),
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("redis_url = \"redis://sidecar:***@redis.internal:6379/2\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"));
+}
+
+#[test]
 fn report_of_a_sidecar_that_is_not_running_fails_clearly() {
     let nothing = free_port();
     let out = sidecar(&["report", "--admin", &format!("http://{nothing}")]);

@@ -19,8 +19,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// The legacy backend's base URL [default: http://127.0.0.1:5000].
+    /// Read as text and parsed with the file's rules, so a refused URL is never echoed back:
+    /// it may carry a password.
     #[arg(long, value_name = "URL")]
-    pub upstream: Option<Upstream>,
+    pub upstream: Option<String>,
     /// Admin address for /healthz, /readyz, /metrics and /report [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
@@ -62,7 +64,9 @@ impl RunArgs {
             config.listen = listen;
         }
         if let Some(upstream) = &self.upstream {
-            config.upstream = upstream.clone();
+            config.upstream = upstream
+                .parse::<Upstream>()
+                .map_err(|problem| ConfigError::new("--upstream", problem))?;
         }
         if let Some(admin) = self.admin_listen {
             config.admin_listen = admin;

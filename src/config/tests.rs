@@ -486,3 +486,37 @@ fn the_stall_keys_are_checked_and_name_the_key() {
         assert_eq!(format!("{err}"), format!("config error: {line}"), "{text}");
     }
 }
+
+#[test]
+fn the_redis_password_is_redacted_wherever_the_url_is_shown() {
+    use crate::tracker::redacted_redis_url as redacted;
+    assert_eq!(
+        redacted("redis://user:pa:ss@host:6379/1"),
+        "redis://user:***@host:6379/1"
+    );
+    assert_eq!(redacted("rediss://:secret@host"), "rediss://:***@host");
+    assert_eq!(redacted("redis://secret@host/0"), "redis://***@host/0");
+    assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+    assert_eq!(
+        redacted("redis+unix:///run/redis.sock"),
+        "redis+unix:///run/redis.sock"
+    );
+    let mut config = Config::default();
+    config.tracker.redis_url = "redis://u:hunter2@h:1".into();
+    let shown = config.to_toml();
+    assert!(
+        shown.contains("redis://u:***@h:1") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn an_upstream_with_credentials_is_refused_without_echoing_them() {
+    let err = check("upstream = \"http://ops:hunter2@127.0.0.1:5000\"").expect_err("refused");
+    let line = err.to_string();
+    assert!(
+        line.starts_with("config error: upstream: must not carry credentials"),
+        "{line}"
+    );
+    assert!(!line.contains("hunter2"), "{line}");
+}

@@ -56,6 +56,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
     })
 }
 
+/// `url` with the password of its userinfo replaced by `***`, for anything shown to people.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        // A lone userinfo is a user name to the client, but may well be a secret: hidden too.
+        None => "***".to_string(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
+}
+
 /// A Redis server holding the memory of every replica that shares its `key_prefix`.
 pub(crate) struct RedisStore {
     client: Client,
