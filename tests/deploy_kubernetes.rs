@@ -463,6 +463,65 @@ fn shared_memory_component_adds_redis_and_leaves_the_base_alone() {
         let built = String::from_utf8_lossy(&out.stdout);
         assert!(built.contains("store = \"redis\""));
         assert_eq!(built.matches("kind: Deployment").count(), 2);
-        assert_eq!(built.matches("namespace: brand-diagnosis").count(), 7);
+        assert_eq!(built.matches("namespace: brand-diagnosis").count(), 8);
+        // The admin port's policy and Redis's.
+        assert_eq!(built.matches("kind: NetworkPolicy").count(), 2);
     }
+}
+
+#[test]
+fn network_policy_opens_the_proxy_port_and_the_admin_port_only_to_monitoring() {
+    let policy = manifest("networkpolicy.yaml");
+    let deployment = manifest("deployment.yaml");
+    assert_eq!(policy["kind"].str(), "NetworkPolicy");
+    let template = &deployment["spec"]["template"];
+    labels_match(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        &template["metadata"]["labels"],
+    );
+    assert_eq!(policy["spec"]["policyTypes"].strs(), ["Ingress"]);
+    let sidecar = template["spec"]["containers"].find("name", "consistency-sidecar");
+    let rules = policy["spec"]["ingress"].seq();
+    assert_eq!(rules.len(), 2, "one rule per port");
+    let rule_for = |port: &str| {
+        rules
+            .iter()
+            .find(|rule| rule["ports"].seq().iter().any(|p| p["port"].str() == port))
+            .unwrap_or_else(|| panic!("no ingress rule for port {port}"))
+    };
+    // Every port named is one the sidecar declares.
+    for port in ["http", "admin"] {
+        port_of(sidecar, port);
+        assert_eq!(rule_for(port)["ports"].seq().len(), 1, "{port} alone");
+    }
+    assert!(
+        rule_for("http")["from"].is_badvalue(),
+        "the proxy port stays open to every client"
+    );
+    let from = rule_for("admin")["from"].seq();
+    assert_eq!(from.len(), 1, "admin: one source");
+    assert!(from[0]["podSelector"].is_badvalue() && from[0]["ipBlock"].is_badvalue());
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].str(),
+        "monitoring"
+    );
+}
+
+#[test]
+fn every_scrape_config_shows_where_the_admin_token_goes() {
+    for file in [
+        "prometheus/prometheus.yml",
+        "prometheus/prometheus-kubernetes.yml",
+    ] {
+        let text = std::fs::read_to_string(deploy(file)).expect("read");
+        assert!(
+            text.contains("# authorization:\n    #   credentials_file: "),
+            "{file} shows authorization.credentials_file"
+        );
+    }
+    let podmonitor = std::fs::read_to_string(deploy("kubernetes/podmonitor.yaml")).expect("read");
+    assert!(
+        podmonitor.contains("# authorization:"),
+        "the PodMonitor too"
+    );
 }
