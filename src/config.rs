@@ -337,6 +337,16 @@ pub struct TrackerConfig {
     pub store: TrackerStore,
     /// store = "redis": `redis://[[user]:password@]host[:port][/db]` or `redis+unix:///path`.
     pub redis_url: String,
+    /// store = "redis", `rediss://`: a PEM file of the CA that signed Redis's certificate; "":
+    /// the system's roots.
+    pub redis_ca_file: String,
+    /// store = "redis": the ACL user, over the URL's; "": the URL's (or `default`).
+    pub redis_username: String,
+    /// store = "redis": a file holding the password (a mounted Secret); "": none.
+    pub redis_password_file: String,
+    /// store = "redis": an environment variable holding the password (a Secret as env); "":
+    /// none. At most one of the two.
+    pub redis_password_env: String,
     /// store = "redis": prefix of every key, so several deployments can share one Redis.
     pub key_prefix: String,
     /// store = "redis": the longest a response waits for Redis before local memory judges it.
@@ -432,6 +442,10 @@ impl TrackerConfig {
     fn validate_store(&self) -> Result<(), ConfigError> {
         crate::tracker::check_redis_url(&self.redis_url)
             .map_err(|problem| ConfigError::new("tracker.redis_url", problem))?;
+        if self.store == TrackerStore::Redis {
+            // The credentials and the CA are read now, so a missing Secret names its key.
+            crate::tracker::redis_client(self)?;
+        }
         let safe = |b: u8| b.is_ascii_alphanumeric() || b"_:.-".contains(&b);
         if self.key_prefix.len() > 64 || !self.key_prefix.bytes().all(safe) {
             return Err(ConfigError::new(

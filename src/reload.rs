@@ -221,6 +221,10 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     keep!(tracker.ttl);
     keep!(tracker.store);
     keep!(tracker.redis_url);
+    keep!(tracker.redis_ca_file);
+    keep!(tracker.redis_username);
+    keep!(tracker.redis_password_file);
+    keep!(tracker.redis_password_env);
     keep!(tracker.key_prefix);
     keep!(tracker.timeout);
     keep!(tracker.connect_timeout);

@@ -26,6 +26,7 @@ mod transition;
 pub use memory::{EvictionReason, RouteMemory, StalledNow, TaskTracker, TaskView};
 pub use metrics::TrackerCollector;
 pub use redis::check_url as check_redis_url;
+pub use redis::client as redis_client;
 pub use redis::redacted_url as redacted_redis_url;
 pub use stall::{StalledTask, LISTED as STALLED_LISTED};
 pub use store::{MemoryRoute, StoreErrorReason, StoreMetrics, TaskMemory};

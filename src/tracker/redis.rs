@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, RedisError, Script, ScriptInvocation};
-use tokio::sync::OnceCell;
+use redis::{
+    Client, ErrorKind, IntoConnectionInfo, RedisError, Script, ScriptInvocation, TlsCertificates,
+};
 use tokio::time::Instant;
 
 use super::stall::{Activity, ActivityMetrics, StallLimits};
 use super::store::{StoreErrorReason, StoreMetrics};
 use super::transition::{Snapshot, Transitions, FAILED, UNKNOWN};
-use crate::config::TrackerConfig;
+use crate::config::{ConfigError, TrackerConfig};
 use crate::engine::ModelConfig;
 
 /// Not contacted yet: responses try it.
@@ -33,16 +34,11 @@ const FORMAT: &[u8] = b"v2: stage status first changed since stalled progress";
 pub fn check_url(url: &str) -> Result<(), String> {
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
     match scheme {
-        "redis" | "redis+unix" | "unix" => {}
-        "rediss" => {
-            return Err(
-                "TLS (rediss://) is not built in: reach Redis on a private network, or through a TLS tunnel".into(),
-            )
-        }
+        "redis" | "rediss" | "redis+unix" | "unix" => {}
         // Not the URL itself in the message: it may carry a password.
         _ => {
             return Err(format!(
-                "scheme {scheme:?} not supported: expected redis://host[:port][/db] or redis+unix:///path"
+                "scheme {scheme:?} not supported: expected redis://host[:port][/db], rediss://... (TLS) or redis+unix:///path"
             ))
         }
     }
@@ -54,6 +50,84 @@ pub fn check_url(url: &str) -> Result<(), String> {
             None => text,
         }
     })
+}
+
+/// The client `[tracker]` describes: the URL; the user and password from the keys, a file or
+/// the environment (a Kubernetes Secret) over the URL's; for `rediss://`, the CA to trust
+/// (`redis_ca_file`, else the system's roots).
+pub fn client(config: &TrackerConfig) -> Result<Client, ConfigError> {
+    let url_error = |problem: String| ConfigError::new("tracker.redis_url", problem);
+    check_url(&config.redis_url).map_err(url_error)?;
+    let info = config
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(|err| url_error(err.to_string()))?;
+    let mut redis = info.redis_settings().clone();
+    if !config.redis_username.is_empty() {
+        redis = redis.set_username(&config.redis_username);
+    }
+    if let Some(password) = password(config)? {
+        redis = redis.set_password(password);
+    }
+    let info = info.set_redis_settings(redis);
+    let tls = config.redis_url.starts_with("rediss://");
+    let built = match (tls, config.redis_ca_file.as_str()) {
+        (_, "") => Client::open(info),
+        (false, _) => {
+            return Err(ConfigError::new(
+                "tracker.redis_ca_file",
+                "only used with a rediss:// URL",
+            ))
+        }
+        (true, ca) => {
+            let root_cert = std::fs::read(ca).map_err(|e| {
+                ConfigError::new("tracker.redis_ca_file", format!("cannot read {ca}: {e}"))
+            })?;
+            let certificates = TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            Client::build_with_tls(info, certificates)
+        }
+    };
+    built.map_err(|err| {
+        let key = if tls && !config.redis_ca_file.is_empty() {
+            "tracker.redis_ca_file"
+        } else {
+            "tracker.redis_url"
+        };
+        ConfigError::new(key, err.to_string())
+    })
+}
+
+/// The password of `redis_password_file` (its text, trimmed) or of the environment variable
+/// `redis_password_env`; one of them at most.
+fn password(config: &TrackerConfig) -> Result<Option<String>, ConfigError> {
+    match (
+        config.redis_password_file.as_str(),
+        config.redis_password_env.as_str(),
+    ) {
+        ("", "") => Ok(None),
+        (file, "") => std::fs::read_to_string(file)
+            .map(|text| Some(text.trim().to_string()))
+            .map_err(|e| {
+                ConfigError::new(
+                    "tracker.redis_password_file",
+                    format!("cannot read {file}: {e}"),
+                )
+            }),
+        ("", name) => std::env::var(name).map(Some).map_err(|_| {
+            ConfigError::new(
+                "tracker.redis_password_env",
+                format!("environment variable {name} is not set"),
+            )
+        }),
+        _ => Err(ConfigError::new(
+            "tracker.redis_password_env",
+            "set redis_password_file or redis_password_env, not both",
+        )),
+    }
 }
 
 /// `url` with the password of its userinfo replaced by `***`, for anything shown to people.
@@ -76,8 +150,11 @@ pub fn redacted_url(url: &str) -> String {
 /// A Redis server holding the memory of every replica that shares its `key_prefix`.
 pub(crate) struct RedisStore {
     client: Client,
-    /// Created on first use, inside the runtime: the manager spawns a task when it is built.
-    connection: OnceCell<ConnectionManager>,
+    /// Created on first use, inside the runtime (the manager spawns a task when it is built),
+    /// and dropped after any failure that is not I/O (authentication, ACL, a wrong database):
+    /// the manager reconnects after I/O errors but would keep a connection Redis refused, so
+    /// the next probe builds a new one, which authenticates afresh.
+    connection: Mutex<Option<ConnectionManager>>,
     judge: Script,
     correct: Script,
     upkeep: Script,
@@ -174,12 +251,12 @@ impl RedisStore {
         transitions: Arc<Transitions>,
         metrics: StoreMetrics,
         activity: ActivityMetrics,
-    ) -> Result<RedisStore, RedisError> {
+    ) -> Result<RedisStore, ConfigError> {
         metrics.up.set(0);
         let failed_rank = transitions.failed_rank();
         Ok(RedisStore {
-            client: Client::open(config.redis_url.as_str())?,
-            connection: OnceCell::new(),
+            client: client(config)?,
+            connection: Mutex::new(None),
             judge: Script::new(include_str!("judge.lua")),
             correct: Script::new(include_str!("correct.lua")),
             upkeep: Script::new(include_str!("upkeep.lua")),
@@ -456,7 +533,7 @@ impl RedisStore {
         deadline: Instant,
     ) -> Option<T> {
         let result = tokio::time::timeout_at(deadline, async {
-            let mut connection = self.connection().await?;
+            let mut connection = self.connection()?;
             call.invoke_async::<T>(&mut connection).await
         })
         .await;
@@ -468,6 +545,9 @@ impl RedisStore {
             Ok(Err(err)) => {
                 let reason = reason(&err);
                 tracing::debug!(error = %err, reason = reason.as_str(), "task store failed");
+                if !err.is_io_error() {
+                    self.drop_connection();
+                }
                 self.failed(reason);
                 None
             }
@@ -478,19 +558,30 @@ impl RedisStore {
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        let manager = self
+    fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        let mut slot = self
             .connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    // One attempt per use: the probe, not the manager, paces the retries.
-                    .set_number_of_retries(0);
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            })
-            .await?;
-        Ok(manager.clone())
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(manager) = slot.as_ref() {
+            return Ok(manager.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            // One attempt per use: the probe, not the manager, paces the retries.
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// Forgets the connection, so the next use connects (and authenticates) anew.
+    fn drop_connection(&self) {
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     fn succeeded(&self) {
@@ -616,6 +707,11 @@ async fn probe(store: Weak<RedisStore>) {
 fn reason(err: &RedisError) -> StoreErrorReason {
     if err.is_timeout() {
         return StoreErrorReason::Timeout;
+    }
+    if matches!(err.kind(), ErrorKind::AuthenticationFailed)
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        return StoreErrorReason::Auth;
     }
     match err.kind() {
         ErrorKind::Server(_) | ErrorKind::Extension => StoreErrorReason::Reply,

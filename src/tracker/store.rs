@@ -42,8 +42,10 @@ pub struct MemoryRoute {
 /// `consistency_tracker_store_errors_total`. Each one leaves the response to local memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreErrorReason {
-    /// No connection: refused, unreachable, dropped, or authentication failed.
+    /// No connection: refused, unreachable, dropped.
     Connection,
+    /// Redis refused who we are: wrong password or user, or an ACL denying a key or command.
+    Auth,
     /// No answer within `tracker.timeout` (connecting included).
     Timeout,
     /// Redis answered with an error (script error, out of memory, read-only replica, ...).
@@ -319,8 +321,9 @@ impl TaskMemory {
 // === impl StoreErrorReason ===
 
 impl StoreErrorReason {
-    pub const ALL: [StoreErrorReason; 5] = [
+    pub const ALL: [StoreErrorReason; 6] = [
         StoreErrorReason::Connection,
+        StoreErrorReason::Auth,
         StoreErrorReason::Timeout,
         StoreErrorReason::Reply,
         StoreErrorReason::Protocol,
@@ -330,6 +333,7 @@ impl StoreErrorReason {
     pub fn as_str(self) -> &'static str {
         match self {
             StoreErrorReason::Connection => "connection",
+            StoreErrorReason::Auth => "auth",
             StoreErrorReason::Timeout => "timeout",
             StoreErrorReason::Reply => "reply",
             StoreErrorReason::Protocol => "protocol",
