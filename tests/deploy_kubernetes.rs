@@ -389,6 +389,8 @@ fn shared_memory_component_adds_redis_and_leaves_the_base_alone() {
         patched.starts_with(base_toml),
         "the patch must repeat the base's sidecar.toml before its [tracker] section"
     );
+    // As the pod has it from the Secret (sidecar-env-patch.yaml): validation reads it.
+    std::env::set_var("REDIS_PASSWORD", "from-the-secret");
     let config = sidecar_config(patched, "components/shared-memory/configmap-patch.yaml");
     assert_eq!(config.tracker.store, config::TrackerStore::Redis);
 
@@ -412,8 +414,28 @@ fn shared_memory_component_adds_redis_and_leaves_the_base_alone() {
         port["port"].as_i64().unwrap_or_default().to_string()
     );
 
-    // Capacity is Redis's: a memory bound, an eviction policy, and a limit above the bound.
+    // The password: one Secret, read by Redis (requirepass) and by the sidecar through the
+    // variable tracker.redis_password_env names, never in the ConfigMap.
+    let secret = component("redis-secret.yaml");
+    assert_eq!(secret["kind"].str(), "Secret");
+    let secret_name = secret["metadata"]["name"].str();
+    assert!(!config.tracker.redis_url.contains('@'), "no password in the URL");
+    let from_secret = |container: &Yaml, var: &str| {
+        let env = container["env"].find("name", var);
+        let key = &env["valueFrom"]["secretKeyRef"];
+        assert_eq!(key["name"].str(), secret_name, "{var}");
+        assert!(!secret["stringData"][key["key"].str()].is_badvalue(), "{var}");
+    };
+    let env_patch = component("sidecar-env-patch.yaml");
+    let patched_sidecar = env_patch["spec"]["template"]["spec"]["containers"]
+        .find("name", "consistency-sidecar");
+    from_secret(patched_sidecar, &config.tracker.redis_password_env);
+    from_secret(container, "REDIS_PASSWORD");
     let args = container["args"].strs();
+    let requirepass = args.iter().position(|a| *a == "--requirepass").expect("requirepass");
+    assert_eq!(args[requirepass + 1], "$(REDIS_PASSWORD)");
+
+    // Capacity is Redis's: a memory bound, an eviction policy, and a limit above the bound.
     let after = |flag: &str| {
         let at = args.iter().position(|a| *a == flag).expect(flag);
         args[at + 1]
@@ -463,7 +485,9 @@ fn shared_memory_component_adds_redis_and_leaves_the_base_alone() {
         let built = String::from_utf8_lossy(&out.stdout);
         assert!(built.contains("store = \"redis\""));
         assert_eq!(built.matches("kind: Deployment").count(), 2);
-        assert_eq!(built.matches("namespace: brand-diagnosis").count(), 8);
+        assert_eq!(built.matches("namespace: brand-diagnosis").count(), 9);
+        // The sidecar keeps RUST_LOG and gains the password from the Secret.
+        assert!(built.contains("name: REDIS_PASSWORD") && built.contains("name: RUST_LOG"));
         // The admin port's policy and Redis's.
         assert_eq!(built.matches("kind: NetworkPolicy").count(), 2);
     }
