@@ -189,3 +189,36 @@ async fn a_host_name_not_allowed_is_refused_and_ip_literals_pass() {
         assert_eq!(status, StatusCode::OK, "{host}");
     }
 }
+
+#[tokio::test]
+async fn the_report_command_sends_the_token_from_its_file() {
+    let upstream = TestUpstream::standard().await;
+    let token = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token.path(), "report-token-0123456789\n").expect("write token");
+    let config = format!("[admin]\ntoken_file = {:?}\n", token.path());
+    let sidecar = Sidecar::start(&upstream.url(), &config).await;
+    let admin = sidecar.admin_url("");
+    let path = token.path().to_path_buf();
+    let (without, with) = tokio::task::spawn_blocking(move || {
+        let report = |extra: &[&std::ffi::OsStr]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
+                .args(["report", "--admin", &admin])
+                .args(extra)
+                .output()
+                .expect("run report")
+        };
+        let without = report(&[]);
+        let with = report(&["--token-file".as_ref(), path.as_os_str()]);
+        (without, with)
+    })
+    .await
+    .expect("join");
+    assert_eq!(without.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&without.stderr).contains("401"));
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert!(String::from_utf8_lossy(&with.stdout).contains("Total checks"));
+}

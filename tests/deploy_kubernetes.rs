@@ -419,20 +419,29 @@ fn shared_memory_component_adds_redis_and_leaves_the_base_alone() {
     let secret = component("redis-secret.yaml");
     assert_eq!(secret["kind"].str(), "Secret");
     let secret_name = secret["metadata"]["name"].str();
-    assert!(!config.tracker.redis_url.contains('@'), "no password in the URL");
+    assert!(
+        !config.tracker.redis_url.contains('@'),
+        "no password in the URL"
+    );
     let from_secret = |container: &Yaml, var: &str| {
         let env = container["env"].find("name", var);
         let key = &env["valueFrom"]["secretKeyRef"];
         assert_eq!(key["name"].str(), secret_name, "{var}");
-        assert!(!secret["stringData"][key["key"].str()].is_badvalue(), "{var}");
+        assert!(
+            !secret["stringData"][key["key"].str()].is_badvalue(),
+            "{var}"
+        );
     };
     let env_patch = component("sidecar-env-patch.yaml");
-    let patched_sidecar = env_patch["spec"]["template"]["spec"]["containers"]
-        .find("name", "consistency-sidecar");
+    let patched_sidecar =
+        env_patch["spec"]["template"]["spec"]["containers"].find("name", "consistency-sidecar");
     from_secret(patched_sidecar, &config.tracker.redis_password_env);
     from_secret(container, "REDIS_PASSWORD");
     let args = container["args"].strs();
-    let requirepass = args.iter().position(|a| *a == "--requirepass").expect("requirepass");
+    let requirepass = args
+        .iter()
+        .position(|a| *a == "--requirepass")
+        .expect("requirepass");
     assert_eq!(args[requirepass + 1], "$(REDIS_PASSWORD)");
 
     // Capacity is Redis's: a memory bound, an eviction policy, and a limit above the bound.
