@@ -399,6 +399,9 @@ fn the_shared_store_keys_are_checked_and_name_the_key() {
     parse("[tracker]\nredis_url = \"redis+unix:///run/redis/redis.sock\"")
         .and_then(Settings::compile)
         .expect("a socket path is valid");
+    parse("[tracker]\nstore = \"redis\"\nredis_url = \"rediss://cache:6379\"")
+        .and_then(Settings::compile)
+        .expect("TLS is built in");
 
     for (text, key, problem) in [
         ("store = \"memcached\"", "tracker.store", "unknown variant"),
@@ -408,11 +411,11 @@ fn the_shared_store_keys_are_checked_and_name_the_key() {
             "",
         ),
         ("redis_url = \"redis://\"", "tracker.redis_url", ""),
-        // TLS is not built in: say so at start, not at the first connection.
+        // A CA is only for TLS.
         (
-            "redis_url = \"rediss://cache:6379\"",
-            "tracker.redis_url",
-            "",
+            "store = \"redis\"\nredis_ca_file = \"/etc/ca.pem\"",
+            "tracker.redis_ca_file",
+            "only used with a rediss:// URL",
         ),
         ("key_prefix = \"a b\"", "tracker.key_prefix", "must match"),
         ("timeout = \"0s\"", "tracker.timeout", "greater than 0s"),
