@@ -20,11 +20,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpStream;
 
 use crate::metrics;
-use crate::proxy::BoxError;
 use crate::reload::Reloader;
 use crate::report::{StalledRow, Started, Status};
 use crate::stack::Sidecar;
 use crate::tracker::STALLED_LISTED;
+use crate::BoxError;
 
 pub use access::AdminToken;
 use access::Refusal;
@@ -120,11 +120,16 @@ impl Admin {
             }
             return self.reload(req.method());
         }
-        self.serve(req.method(), path).await
+        self.serve(req.method(), path, req.uri().query()).await
     }
 
-    /// The read-only paths: only the method and path are looked at.
-    async fn serve(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    /// The read-only paths: only the method, path and query are looked at.
+    async fn serve(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<Full<Bytes>> {
         if !matches!(*method, Method::GET | Method::HEAD) {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             response
@@ -148,7 +153,7 @@ impl Admin {
             "/report" => text(StatusCode::OK, self.sidecar.book().snapshot().to_text()),
             "/report.json" => self.report_json(),
             "/" | "/status" => html(STATUS_PAGE, STATUS_PAGE_CSP.clone()),
-            "/evidence" => evidence::evidence(&self.sidecar, req.uri().query()),
+            "/evidence" => evidence::evidence(&self.sidecar, query),
             path if path.starts_with("/tasks/") => {
                 evidence::task(&self.sidecar, &path["/tasks/".len()..]).await
             }

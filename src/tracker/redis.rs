@@ -509,7 +509,7 @@ impl RedisStore {
     ) -> Option<(Option<String>, Option<f64>)> {
         let (head, tail) = self.index_names(route);
         let read = tokio::time::timeout_at(deadline, async {
-            let mut connection = self.connection().await?;
+            let mut connection = self.connection()?;
             redis::pipe()
                 .cmd("GET")
                 .arg(self.key(route, task_id))

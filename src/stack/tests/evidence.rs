@@ -32,7 +32,12 @@ fn answering(
 
 async fn admin_json(admin: &Admin, path: &str) -> (StatusCode, serde_json::Value) {
     let response = admin
-        .handle(Request::get(path).body(()).expect("request"))
+        .handle(
+            Request::get(path)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request"),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+        )
         .await;
     let status = response.status();
     let body = response
