@@ -10,6 +10,7 @@ use crate::redact::Redactor;
 fn verdict(task: &str, rules: &[&str]) -> RecordVerdict {
     RecordVerdict {
         task_id: Some(task.into()),
+        task_id_too_long: false,
         level: Level::MinorIssue,
         issues: rules
             .iter()

@@ -129,6 +129,7 @@ fn a_redacted_task_field_leaves_logged_fixes_and_messages_without_its_value() {
     assert_eq!(redacted, vec![Field::Stage]);
     let verdict = RecordVerdict {
         task_id: Some("t1".into()),
+        task_id_too_long: false,
         level: Level::MinorIssue,
         issues: vec![Issue {
             rule: Arc::from("completed_stage"),
