@@ -198,9 +198,10 @@ fn pod_service_configmap_and_podmonitor_line_up() {
         .as_i64()
         .and_then(|s| u64::try_from(s).ok())
         .expect("terminationGracePeriodSeconds in seconds");
-    let pre_stop: u64 = sidecar["lifecycle"]["preStop"]["exec"]["command"].strs()[1]
-        .parse()
-        .expect("sleep seconds");
+    let pre_stop = sidecar["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_i64()
+        .and_then(|s| u64::try_from(s).ok())
+        .expect("preStop sleep seconds");
     assert!(
         grace > pre_stop + config.proxy.shutdown_grace.as_secs(),
         "terminationGracePeriodSeconds {grace} <= preStop {pre_stop}s + shutdown_grace {:?}",
@@ -273,12 +274,23 @@ fn dockerfile_builds_a_small_non_root_image_with_both_ports() {
         .filter(|l| l.starts_with("FROM "))
         .collect();
     assert!(froms.len() >= 2, "multi-stage build expected: {froms:?}");
-    assert!(froms[0].contains(" AS builder"), "{froms:?}");
-    let runtime = froms.last().unwrap();
+    assert_eq!(froms[0], "FROM ${RUST_IMAGE} AS builder", "{froms:?}");
+    // The base images are build arguments whose defaults are the public images.
+    let arg = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("ARG {name}=")))
+            .unwrap_or_else(|| panic!("ARG {name}=<default>"))
+    };
+    assert!(arg("RUST_IMAGE").starts_with("rust:1."));
+    assert!(arg("RUST_IMAGE").ends_with("-bookworm"));
+    assert_eq!(arg("RUNTIME_IMAGE"), "debian:bookworm-slim");
+    // The runtime is assembled from the Debian image onto an empty one: nothing else in it.
     assert!(
-        runtime.contains("debian:bookworm-slim") || runtime.contains("distroless"),
-        "small runtime image: {runtime}"
+        froms.contains(&"FROM ${RUNTIME_IMAGE} AS runtime-root"),
+        "{froms:?}"
     );
+    assert_eq!(froms.last(), Some(&"FROM scratch"), "{froms:?}");
     let user = lines
         .iter()
         .rev()
@@ -294,7 +306,9 @@ fn dockerfile_builds_a_small_non_root_image_with_both_ports() {
         .flat_map(str::split_whitespace)
         .collect();
     assert_eq!(expose, vec!["8080", "9464"]);
-    assert!(text.contains(&format!("COPY deploy/docker/sidecar.toml {CONFIG_PATH}")));
+    assert!(text.contains(&format!(
+        "COPY deploy/docker/sidecar.toml /rootfs{CONFIG_PATH}"
+    )));
     assert!(text.contains(&format!(r#"CMD ["run", "--config", "{CONFIG_PATH}"]"#)));
     // Every build-context source exists (the context is the repository root).
     for l in &lines {

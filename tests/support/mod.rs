@@ -13,6 +13,8 @@
 //! - [`process`]: [`tool`] (skip, or fail when `CI=true`), [`free_port`], [`run`]/[`run_ok`],
 //!   and [`Process`], a child killed on drop whose output the test can wait on.
 //! - [`deploy`]: the files under `deploy/`, YAML through `yaml-rust2`.
+//! - [`image`]: the container image of `deploy/Dockerfile`, built with buildah on base images
+//!   made with mmdebstrap, and run as a pod would run it.
 //! - [`browser`]: [`browser::Browser`], a real headless Chromium driven over DevTools.
 //!
 //! Every wait is bounded by [`PATIENCE`]; reaching it is a failure, not a timing claim.
@@ -22,6 +24,7 @@
 pub mod browser;
 pub mod client;
 pub mod deploy;
+pub mod image;
 pub mod process;
 pub mod redis_server;
 pub mod scrape;
