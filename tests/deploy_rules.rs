@@ -400,6 +400,6 @@ trait NoneOrEq {
 
 impl NoneOrEq for Option<String> {
     fn is_none_or_eq(&self, other: &str) -> bool {
-        self.as_deref().map_or(true, |v| v == other)
+        self.as_deref().is_none_or(|v| v == other)
     }
 }

@@ -271,7 +271,7 @@ async fn status_page_shows_report_json_and_refreshes_itself() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while report(&sidecar).await["history"]["samples"]
         .as_array()
-        .map_or(true, |s| s.iter().all(|s| s["ratio"].is_null()))
+        .is_none_or(|s| s.iter().all(|s| s["ratio"].is_null()))
     {
         assert!(tokio::time::Instant::now() < deadline, "no history sample");
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -577,7 +577,7 @@ impl Scanner<'_, '_> {
                 .iter()
                 .position(|n| n.matches(key, key_head))
             {
-                if rec.task_id.map_or(true, |(r, _)| rank <= r) {
+                if rec.task_id.is_none_or(|(r, _)| rank <= r) {
                     rec.task_id = Some((rank, span));
                 }
             }

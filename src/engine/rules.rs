@@ -136,19 +136,19 @@ impl RuleSet {
         }
         let v = &slot.val;
         let number_in = |(lo, hi): (f64, f64)| matches!(v, Val::Num(n) if lo <= *n && *n <= hi);
-        check.is.as_ref().map_or(true, |e| v.same(e))
-            && check.is_not.as_ref().map_or(true, |e| !v.same(e))
+        check.is.as_ref().is_none_or(|e| v.same(e))
+            && check.is_not.as_ref().is_none_or(|e| !v.same(e))
             && check
                 .one_of
                 .as_ref()
-                .map_or(true, |l| l.iter().any(|e| v.same(e)))
+                .is_none_or(|l| l.iter().any(|e| v.same(e)))
             && check
                 .not_one_of
                 .as_ref()
-                .map_or(true, |l| !l.iter().any(|e| v.same(e)))
-            && check.known.map_or(true, |k| self.known(check.slot, v) == k)
-            && check.number_in.map_or(true, number_in)
-            && check.not_number_in.map_or(true, |r| !number_in(r))
+                .is_none_or(|l| !l.iter().any(|e| v.same(e)))
+            && check.known.is_none_or(|k| self.known(check.slot, v) == k)
+            && check.number_in.is_none_or(number_in)
+            && check.not_number_in.is_none_or(|r| !number_in(r))
     }
 }
 

@@ -124,7 +124,7 @@ where
             } => {
                 held.is_empty()
                     && failure.is_none()
-                    && rest.as_ref().map_or(true, |inner| inner.is_end_stream())
+                    && rest.as_ref().is_none_or(|inner| inner.is_end_stream())
             }
         }
     }

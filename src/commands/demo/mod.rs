@@ -230,7 +230,7 @@ async fn front_end(
     while Instant::now() < deadline {
         round += 1;
         // Every fifth task fails on purpose, as real brand tests sometimes do.
-        let brand = if (n + round) % 5 == 0 {
+        let brand = if (n + round).is_multiple_of(5) {
             "fail-brand"
         } else {
             "brand"
