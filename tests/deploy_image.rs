@@ -11,6 +11,7 @@
 mod support;
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -93,7 +94,10 @@ async fn image_builds_and_runs_as_the_pod_runs_it() {
     // As the Deployment starts it: its arguments, its user, its ConfigMap mounted read-only at
     // the mount path, its environment.
     let configmap = yaml("kubernetes/configmap.yaml");
+    // As the kubelet writes a ConfigMap volume: a world-readable directory of 0644 files.
     let volume = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(volume.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the volume");
     for (key, value) in configmap["data"].as_hash().expect("ConfigMap data") {
         std::fs::write(volume.path().join(key.str()), value.str()).expect("write the volume");
     }
@@ -197,7 +201,7 @@ fn runtime_holds_only_the_binary_and_its_libraries(rootfs: &Path) {
         let allowed = file == "usr/local/bin/consistency-sidecar"
             || file == "etc/consistency-sidecar/sidecar.toml"
             || ["etc/passwd", "etc/group", "etc/nsswitch.conf"].contains(&file.as_str())
-            || (file.contains("/lib") && file.contains(".so"))
+            || ((file.starts_with("lib") || file.starts_with("usr/lib")) && file.contains(".so"))
             || (file.starts_with("usr/share/doc/") && file.ends_with("/copyright"));
         assert!(
             allowed,

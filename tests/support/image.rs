@@ -322,7 +322,7 @@ fn base_image(tools: &Tools, buildah: &Buildah, base: &Base) -> String {
 impl Image {
     /// A fresh container of the image with its root filesystem mounted; removed on drop.
     pub fn container(&self) -> Container {
-        let id = self.buildah.ok(&["from", "--pull-never", &self.name]);
+        let id = self.buildah.ok(&["from", "--pull=never", &self.name]);
         let rootfs = PathBuf::from(self.buildah.ok(&["mount", &id]));
         Container {
             id,
