@@ -240,15 +240,9 @@ pub fn build(tools: &Tools) -> Image {
     .chain(["."])
     .collect::<Vec<_>>());
     eprintln!("image: buildah bud took {:?}", started.elapsed());
-    let config = buildah.ok(&[
-        "inspect",
-        "--type",
-        "image",
-        "--format",
-        "{{json .OCIv1.Config}}",
-        &name,
-    ]);
-    let config = serde_json::from_str(&config).expect("the image config is JSON");
+    let inspected = buildah.ok(&["inspect", "--type", "image", &name]);
+    let inspected: Value = serde_json::from_str(&inspected).expect("buildah inspect is JSON");
+    let config = inspected["OCIv1"]["config"].clone();
     Image {
         name,
         config,
@@ -336,15 +330,19 @@ impl Image {
         let size = self
             .buildah
             .ok(&["images", "--format", "{{.Size}}", &self.name]);
-        let layers = self.buildah.ok(&[
-            "inspect",
-            "--type",
-            "image",
-            "--format",
-            "{{range .OCIv1.History}}{{.CreatedBy}}\n{{end}}",
-            &self.name,
-        ]);
-        (size, layers.lines().map(str::to_string).collect())
+        let inspected = self.buildah.ok(&["inspect", "--type", "image", &self.name]);
+        let inspected: Value = serde_json::from_str(&inspected).expect("buildah inspect is JSON");
+        let layers = inspected["OCIv1"]["history"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .filter(|step| step["empty_layer"].as_bool() != Some(true))
+                    .map(|step| step["created_by"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (size, layers)
     }
 
     /// A string field of the image config (`User`, ...), empty when absent.
