@@ -282,7 +282,8 @@ fn runs_unprivileged_on_a_read_only_root(sidecar: &Process, uid: &str) {
     };
     assert_eq!(field("Uid"), vec![uid; 4], "{status}");
     assert_eq!(field("CapEff"), vec!["0000000000000000"], "{status}");
-    assert_eq!(field("CapBnd"), vec!["0000000000000000"], "{status}");
+    assert_eq!(field("CapPrm"), vec!["0000000000000000"], "{status}");
+    assert_eq!(field("CapInh"), vec!["0000000000000000"], "{status}");
     assert_eq!(field("NoNewPrivs"), vec!["1"], "{status}");
     let mounts = std::fs::read_to_string(format!("{proc}/mountinfo")).expect("mountinfo");
     let root = mounts

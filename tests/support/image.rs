@@ -402,7 +402,9 @@ if [ "$readonly" = yes ]; then mount -o remount,bind,ro "$rootfs"; fi
 mount -t proc -o nosuid,nodev,noexec proc "$rootfs/proc"
 # From here on the environment is the container's: the image's and the manifest's only.
 if [ -n "$path" ]; then PATH=$path; else unset PATH; fi
-exec "$setpriv" --no-new-privs --bounding-set=-all --inh-caps=-all \
+# chroot needs CAP_SYS_CHROOT, so the bounding set stays: the switch to the user clears every
+# capability, and no-new-privs keeps set-uid and file capabilities from giving any back.
+exec "$setpriv" --no-new-privs --inh-caps=-all \
   "$chroot" --userspec="$user" "$rootfs" "$@"
 "#;
 
