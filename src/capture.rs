@@ -200,7 +200,7 @@ impl DropLog {
             state.1 += 1;
             let due = state
                 .0
-                .map_or(true, |last| now.duration_since(last) >= LOG_WINDOW);
+                .is_none_or(|last| now.duration_since(last) >= LOG_WINDOW);
             if due {
                 let count = std::mem::take(&mut state.1);
                 state.0 = Some(now);

@@ -89,15 +89,15 @@ impl EvidenceBook {
             rings
                 .iter()
                 .filter(|((route, rule), _)| {
-                    query.route.as_deref().map_or(true, |r| r == &**route)
-                        && query.rule.as_deref().map_or(true, |r| r == &**rule)
+                    query.route.as_deref().is_none_or(|r| r == &**route)
+                        && query.rule.as_deref().is_none_or(|r| r == &**rule)
                 })
                 .flat_map(|(_, ring)| ring.entries.iter())
                 .filter(|(entry, _, _)| {
                     query
                         .task
                         .as_deref()
-                        .map_or(true, |t| entry.task_id.as_deref() == Some(t))
+                        .is_none_or(|t| entry.task_id.as_deref() == Some(t))
                 })
                 .map(|(entry, _, number)| (*number, entry.clone()))
                 .collect()
