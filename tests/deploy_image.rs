@@ -22,7 +22,12 @@ use yaml_rust2::Yaml;
 
 const CONFIG_PATH: &str = "/etc/consistency-sidecar/sidecar.toml";
 
+// Not in the default run: a cold build compiles the release binary (fat LTO) inside the builder
+// image, tens of minutes on a 2-core machine, so CI does not run it yet. Run it with
+// `cargo test --test deploy_image -- --ignored` (as root, with mmdebstrap, buildah and iproute2;
+// deploy/README.md says how). Under CI=true a missing tool fails it, never skips it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds deploy/Dockerfile from scratch; run with --ignored (deploy/README.md)"]
 async fn image_builds_and_runs_as_the_pod_runs_it() {
     let Some(tools) = Tools::find() else {
         return;
