@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Side by side on one harness (issue 9): nginx proxy_pass, nginx + a Lua body filter fixing the
-# same fields, and the sidecar (unrouted passthrough and a tracked route needing two fixes per
-# response), all in front of the same nginx backend answering a ~450-byte task status from memory.
+# same fields, the floor of the HTTP stack (examples/floor_proxy.rs: the sidecar's hyper, runtime
+# shape and header-case preservation, and nothing else), and the sidecar (unrouted passthrough and
+# a tracked route needing two fixes per response), all in front of the same nginx backend
+# answering a ~450-byte task status from memory. Every sidecar figure is given as a ratio to the
+# floor and to nginx; a self-contained SVG chart of req/s and p99 by connection count is written.
 #
-# Usage: benches/compare.sh [--quick] [--redis] [--codings] [--profile] [--duration 8s]
-#                           [--rounds 3] [--conns "1 32 256"]
+# Usage: benches/compare.sh [--quick] [--redis] [--codings] [--profile] [--callgrind]
+#                           [--svg FILE] [--duration 8s] [--rounds 3] [--conns "1 32 256"]
 #   --quick       3 s runs (same rounds and connection counts); also QUICK=1
 #   --redis       add a contender: the sidecar with `[tracker] store = "redis"` and a redis-server
 #                 of its own on a free loopback port (issue 11's cost of shared task memory)
@@ -15,10 +18,16 @@
 #                 python3-zstandard) to write the files
 #   --profile     after the rounds, one more run of each sidecar contender at 32 connections
 #                 under `perf record` (flat, by DSO and by symbol): where the sidecar's CPU goes
+#   --callgrind   after the rounds, the floor and the sidecar run once more each under
+#                 `valgrind --tool=callgrind --cache-sim=yes`, counters zeroed after a warm-up
+#                 (callgrind_control), at each connection count but 1: instructions, D1 and LL
+#                 data-cache misses per request, which these VMs' hardware counters do not give
+#   --svg FILE    where the chart goes (default: docs/compare.svg)
 #   --duration, --rounds, --conns   also DURATION, ROUNDS, CONNS
 # Env:
 #   SIDECAR_EXTRA_CONFIG=FILE  add a contender: the sidecar with FILE's TOML appended to its config
 #   SIDECAR_BIN=PATH           measure this binary instead of building the release binary here
+#   FLOOR_BIN=PATH             the same for the floor proxy (default: built here from examples/)
 #   KEEP_WORK=1                keep the work directory (configs, logs, raw wrk output)
 #
 # Harness: wrk (1 thread) pinned to CPU 0; the proxy under test and the backend (and redis-server)
@@ -39,6 +48,8 @@ CONNS="${CONNS:-1 32 256}"
 REDIS="${REDIS:-0}"
 CODINGS_RUN="${CODINGS_RUN:-0}"
 PROFILE="${PROFILE:-0}"
+CALLGRIND="${CALLGRIND:-0}"
+SVG="${SVG:-$ROOT/docs/compare.svg}"
 [ "${QUICK:-0}" = 1 ] && DURATION=3s
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -46,6 +57,8 @@ while [ $# -gt 0 ]; do
         --redis) REDIS=1 ;;
         --codings) CODINGS_RUN=1 ;;
         --profile) PROFILE=1 ;;
+        --callgrind) CALLGRIND=1 ;;
+        --svg) SVG="$2"; shift ;;
         --duration) DURATION="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
         --conns) CONNS="$2"; shift ;;
@@ -63,6 +76,7 @@ COMMAND="benches/compare.sh --duration ${DURATION_S}s --rounds $ROUNDS --conns \
 [ "$REDIS" = 1 ] && COMMAND+=" --redis"
 [ "$CODINGS_RUN" = 1 ] && COMMAND+=" --codings"
 [ "$PROFILE" = 1 ] && COMMAND+=" --profile"
+[ "$CALLGRIND" = 1 ] && COMMAND+=" --callgrind"
 
 log() { echo "compare.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -76,6 +90,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null && need+=(linux-perf)
+[ "$CALLGRIND" = 1 ] && ! command -v valgrind >/dev/null && need+=(valgrind)
 if [ "$REDIS" = 1 ]; then
     command -v redis-server >/dev/null || need+=(redis-server)
     command -v redis-cli >/dev/null || need+=(redis-tools)
@@ -114,6 +129,7 @@ wait_http() { # url: up to 10 s for it to answer
 
 # --- the sidecar binary --------------------------------------------------------------------------
 bench_sidecar_binary
+bench_floor_binary
 if [ -n "${SIDECAR_BIN:-}" ]; then
     REVISION="$SIDECAR_BIN (built $(date -u -r "$BUILT" '+%Y-%m-%d %H:%M UTC'))"
 else
@@ -253,11 +269,13 @@ start_sidecar() {
     if ! out="$(timeout 10 "$BIN" check-config --config "$conf" 2>&1 >/dev/null)"; then
         die "$1: the sidecar rejects its config: $out"
     fi
-    (unset RUST_LOG; NO_COLOR=1 exec taskset -c "$PROXY_CPU" "$BIN" run --config "$conf" 2>>"$logf" >>"$logf") &
+    # WRAP (an array, e.g. valgrind and its options) runs the sidecar under another program.
+    (unset RUST_LOG; NO_COLOR=1 exec taskset -c "$PROXY_CPU" ${WRAP[@]+"${WRAP[@]}"} "$BIN" run \
+        --config "$conf" 2>>"$logf" >>"$logf") &
     SIDECAR_PID=$!
     PIDS+=("$SIDECAR_PID")
     SIDECAR_ADDR=""
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 300); do
         SIDECAR_ADDR="$(grep -o 'proxy=[0-9.:]*' "$logf" | head -1 | cut -d= -f2 || true)"
         [ -n "$SIDECAR_ADDR" ] && break
         kill -0 "$SIDECAR_PID" 2>/dev/null || break
@@ -271,9 +289,30 @@ start_sidecar sidecar ""
 SIDECAR_MAIN_PID=$SIDECAR_PID
 SIDECAR_MAIN_ADDR=$SIDECAR_ADDR
 
+# start_floor NAME [WRAPPER...]: the floor proxy in front of the backend. Sets FLOOR_PID and
+# FLOOR_ADDR.
+start_floor() {
+    local logf="$WORK/$1.log"
+    shift
+    taskset -c "$PROXY_CPU" "$@" "$FLOOR" 127.0.0.1:0 "$BACKEND" >"$logf" 2>&1 &
+    FLOOR_PID=$!
+    PIDS+=("$FLOOR_PID")
+    FLOOR_ADDR=""
+    for _ in $(seq 1 300); do
+        FLOOR_ADDR="$(grep -o 'listening on [0-9.:]*' "$logf" | head -1 | cut -d' ' -f3 || true)"
+        [ -n "$FLOOR_ADDR" ] && break
+        kill -0 "$FLOOR_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$FLOOR_ADDR" ] || { cat "$logf" >&2; die "the floor proxy did not start"; }
+    wait_http "http://$FLOOR_ADDR$PLAIN_PATH"
+}
+start_floor floor
+
 # Contenders: key, label, url, the PIDs whose CPU and RSS count, the sidecar log (if any).
-KEYS=(nginx nginx_lua sidecar_pass sidecar_fixed)
+KEYS=(nginx nginx_lua floor sidecar_pass sidecar_fixed)
 declare -A LABEL=(
+    [floor]="floor: minimal hyper proxy (examples/floor_proxy.rs)"
     [nginx]="nginx proxy_pass, upstream keepalive"
     [nginx_lua]="nginx + Lua filter (lua-cjson), 2 fixes/resp"
     [sidecar_pass]="sidecar, unrouted path (passthrough)"
@@ -282,12 +321,14 @@ declare -A LABEL=(
 declare -A URL=(
     [nginx]="http://127.0.0.1:$NGINX_PORT$FIX_PATH"
     [nginx_lua]="http://127.0.0.1:$LUA_PORT$FIX_PATH"
+    [floor]="http://$FLOOR_ADDR$FIX_PATH"
     [sidecar_pass]="http://$SIDECAR_MAIN_ADDR$PLAIN_PATH"
     [sidecar_fixed]="http://$SIDECAR_MAIN_ADDR$FIX_PATH"
 )
 declare -A ROOTPIDS=(
     [nginx]="$NGINX_PROXY_PID"
     [nginx_lua]="$LUA_PID"
+    [floor]="$FLOOR_PID"
     [sidecar_pass]="$SIDECAR_MAIN_PID"
     [sidecar_fixed]="$SIDECAR_MAIN_PID"
 )
@@ -391,7 +432,7 @@ for key in "${KEYS[@]}"; do
     for _ in 1 2 3; do # polls after the first are judged against the task memory too
         fetch "$base$FIX_PATH" "$V/${key}_fix"
         case "$key" in
-            nginx) same "nginx passes the body unchanged" "$V/backend_fix" "$V/${key}_fix" ;;
+            nginx | floor) same "$key passes the body unchanged" "$V/backend_fix" "$V/${key}_fix" ;;
             nginx_lua)
                 python3 - "$V/expected_fix" "$V/${key}_fix" <<'PY' || die "nginx+Lua does not fix the fields the sidecar fixes"
 import json, sys
@@ -410,7 +451,7 @@ if [ "$REDIS" = 1 ]; then
     keys="$(timeout 2 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" dbsize)"
     [ "${keys:-0}" -gt 0 ] || die "--redis: the sidecar stored no task in Redis"
 fi
-log "checked: nginx passes bodies unchanged; nginx+Lua fixes the same fields as the sidecar; every proxy passes consistent bodies byte for byte"
+log "checked: nginx and the floor pass bodies unchanged; nginx+Lua fixes the same fields as the sidecar; every proxy passes consistent bodies byte for byte"
 
 # --- measuring ---------------------------------------------------------------------------------
 CLK_TCK="$(getconf CLK_TCK)"
@@ -534,10 +575,57 @@ if [ "$PROFILE" = 1 ]; then
     done
 fi
 
+# callgrind_run KEY CONNS: a fresh floor or sidecar under callgrind with a simulated cache; after
+# a warm-up its counters are zeroed, wrk runs, and the counters are dumped. Appends "instructions
+# D1-misses LL-misses" per request (data reads and writes) to $WORK/results/KEY.c$CONNS.cg.
+CALLGRIND_KEYS=(floor sidecar_pass sidecar_fixed)
+callgrind_run() {
+    local key="$1" c="$2" out="$WORK/callgrind.$1.c$2" pid url reqs dump
+    local -a wrap=(valgrind --tool=callgrind --cache-sim=yes "--callgrind-out-file=$out")
+    case "$key" in
+        floor)
+            start_floor "callgrind_floor.c$c" "${wrap[@]}"
+            pid=$FLOOR_PID url="http://$FLOOR_ADDR$FIX_PATH" ;;
+        sidecar_pass | sidecar_fixed)
+            WRAP=("${wrap[@]}")
+            start_sidecar "callgrind_$key.c$c" ""
+            WRAP=()
+            pid=$SIDECAR_PID url="http://$SIDECAR_ADDR${URL[$key]#"http://$SIDECAR_MAIN_ADDR"}" ;;
+    esac
+    timeout 120 taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2s "$url" >/dev/null
+    timeout 60 callgrind_control -z "$pid" >/dev/null || die "callgrind_control -z failed on $key"
+    reqs="$(timeout $((DURATION_S + 120)) taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION_S}s" \
+        --timeout 30s "$url" | awk '/requests in/ {print $1}')"
+    timeout 60 callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d failed on $key"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    dump="$(ls -t "$out".* 2>/dev/null | head -1)"
+    [ -n "$dump" ] && [ "${reqs:-0}" -gt 0 ] || die "callgrind gave no dump or no requests on $key"
+    awk -v r="$reqs" '
+        /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i - 1 }
+        /^(summary|totals):/ { for (i = 2; i <= NF; i++) v[i - 1] = $i }
+        END { printf "%.0f %.1f %.2f\n", v[col["Ir"]] / r,
+                (v[col["D1mr"]] + v[col["D1mw"]]) / r, (v[col["DLmr"]] + v[col["DLmw"]]) / r }' \
+        "$dump" >"$WORK/results/$key.c$c.cg"
+    log "callgrind: $key @$c: $(cat "$WORK/results/$key.c$c.cg") (instructions, D1, LL per request; $reqs requests)"
+}
+CALLGRIND_CONNS=()
+if [ "$CALLGRIND" = 1 ]; then
+    for c in $CONNS; do [ "$c" -gt 1 ] && CALLGRIND_CONNS+=("$c"); done
+    for c in "${CALLGRIND_CONNS[@]}"; do
+        for key in "${CALLGRIND_KEYS[@]}"; do callgrind_run "$key" "$c"; done
+    done
+fi
+
 # --- report ------------------------------------------------------------------------------------
 median() { # column N of a results file
     awk -v n="$1" '{print $n}' "$2" | sort -g | awk '{a[NR] = $1} END {
         if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+spread() { # (max - min) / median of column N of a results file, in percent
+    awk -v n="$1" '{print $n}' "$2" | sort -g | awk '{a[NR] = $1} END {
+        m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+        if (m > 0) printf "%.0f%%", (a[NR] - a[1]) * 100 / m; else print "n/a" }'
 }
 declare -A MED
 for key in "${KEYS[@]}"; do
@@ -545,6 +633,7 @@ for key in "${KEYS[@]}"; do
         for col in 1 2 3 4 5 6 7; do
             MED[$key.$c.$col]="$(median "$col" "$WORK/results/$key.c$c")"
         done
+        MED[$key.$c.spread]="$(spread 1 "$WORK/results/$key.c$c")"
     done
 done
 
@@ -561,12 +650,14 @@ echo "- load average (1, 5, 15 min) before measuring: $LOAD_BEFORE; after: $LOAD
 echo "- wrk -t1 --latency pinned to CPU $LOAD_CPU; proxy and backend (nginx, worker_processes 1, ~450-byte status from memory) pinned to CPU $PROXY_CPU; median of $ROUNDS interleaved rounds of ${DURATION_S}s"
 echo "- CPU/req: utime+stime of the proxy's processes over the run / requests; RSS: VmHWM ($HWM_SCOPE); log: sidecar log bytes/s"
 echo
-echo "| contender | conns | req/s | p50 | p99 | CPU µs/req | peak RSS | log | errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "- spread: (max − min) / median of req/s over the rounds"
+echo
+echo "| contender | conns | req/s | spread | p50 | p99 | CPU µs/req | peak RSS | log | errors |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in $CONNS; do
     for key in "${KEYS[@]}"; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$key]}" "$c" \
-            "$(awk -v v="${MED[$key.$c.1]}" 'BEGIN { printf "%.1fk", v / 1000 }')" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$key]}" "$c" \
+            "$(awk -v v="${MED[$key.$c.1]}" 'BEGIN { printf "%.1fk", v / 1000 }')" "${MED[$key.$c.spread]}" \
             "$(fmt_us "${MED[$key.$c.2]}")" "$(fmt_us "${MED[$key.$c.3]}")" "${MED[$key.$c.4]}" \
             "$(awk -v v="${MED[$key.$c.5]}" 'BEGIN { printf "%.1f MiB", v / 1024 }')" \
             "$(awk -v v="${MED[$key.$c.6]}" -v k="${LOGFILE[$key]:-}" 'BEGIN { if (k == "") print "-"; else printf "%.1f KB/s", v / 1000 }')" \
@@ -581,6 +672,9 @@ ratio_row() { # label numerator denominator
     for c in $CONNS; do printf ' %s |' "$(ratio "${MED[$2.$c.1]}" "${MED[$3.$c.1]}")"; done
     echo
 }
+ratio_row "sidecar passthrough / floor" sidecar_pass floor
+ratio_row "sidecar fixed / floor" sidecar_fixed floor
+ratio_row "floor / nginx" floor nginx
 ratio_row "sidecar passthrough / nginx" sidecar_pass nginx
 ratio_row "sidecar fixed / nginx passthrough" sidecar_fixed nginx
 ratio_row "sidecar fixed / nginx+Lua" sidecar_fixed nginx_lua
@@ -590,11 +684,25 @@ for key in sidecar_extra sidecar_redis; do
 done
 echo
 for c in $CONNS; do
-    printf -- '- @%s: p99 sidecar passthrough / nginx %s, sidecar fixed / nginx %s; p50 sidecar passthrough - nginx %s µs\n' "$c" \
+    printf -- '- @%s: p99 sidecar passthrough / floor %s, sidecar fixed / floor %s, sidecar passthrough / nginx %s; p50 sidecar passthrough − nginx %s µs\n' "$c" \
+        "$(ratio "${MED[sidecar_pass.$c.3]}" "${MED[floor.$c.3]}")" \
+        "$(ratio "${MED[sidecar_fixed.$c.3]}" "${MED[floor.$c.3]}")" \
         "$(ratio "${MED[sidecar_pass.$c.3]}" "${MED[nginx.$c.3]}")" \
-        "$(ratio "${MED[sidecar_fixed.$c.3]}" "${MED[nginx.$c.3]}")" \
         "$(awk -v a="${MED[sidecar_pass.$c.2]}" -v b="${MED[nginx.$c.2]}" 'BEGIN { printf "%+.0f", a - b }')"
 done
+if [ ${#CALLGRIND_CONNS[@]} -gt 0 ]; then
+    echo
+    echo "Per request under \`valgrind --tool=callgrind --cache-sim=yes\` (simulated caches; a fresh process, counters zeroed after a 2 s warm-up, one ${DURATION_S}s wrk run):"
+    echo
+    echo "| contender | conns | instructions | D1 misses | LL misses |"
+    echo "|---|---:|---:|---:|---:|"
+    for c in "${CALLGRIND_CONNS[@]}"; do
+        for key in "${CALLGRIND_KEYS[@]}"; do
+            read -r ir d1 ll <"$WORK/results/$key.c$c.cg"
+            printf '| %s | %s | %s | %s | %s |\n' "${LABEL[$key]}" "$c" "$ir" "$d1" "$ll"
+        done
+    done
+fi
 for key in "${PROFILED[@]}"; do
     echo
     echo "### Where the CPU goes: ${LABEL[$key]}, 32 connections (perf, flat)"
@@ -606,5 +714,16 @@ for key in "${PROFILED[@]}"; do
     echo '```'
 done
 
-TOTAL_ERRORS="$(cat "$WORK"/results/* | awk '{n += $7} END {print n + 0}')"
+# The chart: req/s and p99 by connection count, one line per contender.
+for key in "${KEYS[@]}"; do
+    for c in $CONNS; do
+        printf '%s\t%s\t%s\t%s\t%s\n' "$key" "${LABEL[$key]}" "$c" "${MED[$key.$c.1]}" "${MED[$key.$c.3]}"
+    done
+done >"$WORK/chart.tsv"
+mkdir -p "$(dirname "$SVG")"
+python3 "$ROOT/benches/chart.py" "$WORK/chart.tsv" "compare.sh, $STARTED, medians of $ROUNDS rounds" >"$SVG" ||
+    die "could not draw the chart"
+log "chart written to $SVG"
+
+TOTAL_ERRORS="$(cat "$WORK"/results/* | awk 'NF == 7 {n += $7} END {print n + 0}')" # not *.cg
 [ "$TOTAL_ERRORS" -eq 0 ] || { log "$TOTAL_ERRORS failed requests (non-2xx or socket errors) in the runs"; exit 1; }

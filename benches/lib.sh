@@ -50,3 +50,22 @@ for line in sys.stdin:
     BIN="$WORK/consistency-sidecar"
     cp "$BUILT" "$BIN"
 }
+
+# Sets FLOOR: the floor of the HTTP stack (examples/floor_proxy.rs), built here in release like the
+# sidecar (FLOOR_BIN to measure another build), copied into $WORK.
+bench_floor_binary() {
+    local built="${FLOOR_BIN:-}"
+    if [ -z "$built" ]; then
+        log "building the floor proxy (examples/floor_proxy.rs)"
+        built="$(cd "$ROOT" && timeout 1800 cargo build --release --quiet --example floor_proxy \
+            --message-format=json-render-diagnostics |
+            python3 -c 'import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        print(msg["executable"])')"
+    fi
+    [ -x "$built" ] || die "no floor proxy binary at '$built'"
+    FLOOR="$WORK/floor_proxy"
+    cp "$built" "$FLOOR"
+}
