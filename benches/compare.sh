@@ -578,10 +578,10 @@ fi
 # callgrind_run KEY CONNS: a fresh floor or sidecar under callgrind with a simulated cache; after
 # a warm-up its counters are zeroed, wrk runs, and the counters are dumped. Appends "instructions
 # D1-misses LL-misses" per request (data reads and writes) to $WORK/results/KEY.c$CONNS.cg.
-CALLGRIND_KEYS=(floor sidecar_pass sidecar_fixed)
+CALLGRIND_KEYS=(${CALLGRIND_KEYS_ONLY:-floor sidecar_pass sidecar_fixed})
 callgrind_run() {
-    local key="$1" c="$2" out="$WORK/callgrind.$1.c$2" pid url reqs dump
-    local -a wrap=(valgrind --tool=callgrind --cache-sim=yes "--callgrind-out-file=$out")
+    local key="$1" c="$2" cg_out="$WORK/callgrind.$1.c$2" pid url reqs dump
+    local -a wrap=(valgrind --tool=callgrind --cache-sim=yes "--callgrind-out-file=$cg_out")
     case "$key" in
         floor)
             start_floor "callgrind_floor.c$c" "${wrap[@]}"
@@ -593,14 +593,19 @@ callgrind_run() {
             pid=$SIDECAR_PID url="http://$SIDECAR_ADDR${URL[$key]#"http://$SIDECAR_MAIN_ADDR"}" ;;
     esac
     timeout 120 taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2s "$url" >/dev/null
-    timeout 60 callgrind_control -z "$pid" >/dev/null || die "callgrind_control -z failed on $key"
-    reqs="$(timeout $((DURATION_S + 120)) taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION_S}s" \
+    timeout 60 callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z failed on $key"
+    # Ten times slower under callgrind: at least 10 s for enough requests to count.
+    reqs="$(timeout $((CG_SECONDS + 120)) taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${CG_SECONDS}s" \
         --timeout 30s "$url" | awk '/requests in/ {print $1}')"
-    timeout 60 callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d failed on $key"
+    timeout 60 callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control -d failed on $key"
+    dump="$cg_out.1" # the first dump, callgrind_control's; $cg_out itself is written at exit
+    for _ in $(seq 1 300); do # the dump is written once a thread next runs
+        [ -s "$dump" ] && break
+        sleep 0.1
+    done
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    dump="$(ls -t "$out".* 2>/dev/null | head -1)"
-    [ -n "$dump" ] && [ "${reqs:-0}" -gt 0 ] || die "callgrind gave no dump or no requests on $key"
+    [ -s "$dump" ] && [ "${reqs:-0}" -gt 0 ] || die "callgrind: no dump or no requests on $key ($dump, ${reqs:-0} requests)"
     awk -v r="$reqs" '
         /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i - 1 }
         /^(summary|totals):/ { for (i = 2; i <= NF; i++) v[i - 1] = $i }
@@ -610,6 +615,7 @@ callgrind_run() {
     log "callgrind: $key @$c: $(cat "$WORK/results/$key.c$c.cg") (instructions, D1, LL per request; $reqs requests)"
 }
 CALLGRIND_CONNS=()
+CG_SECONDS=$((DURATION_S > 10 ? DURATION_S : 10))
 if [ "$CALLGRIND" = 1 ]; then
     for c in $CONNS; do [ "$c" -gt 1 ] && CALLGRIND_CONNS+=("$c"); done
     for c in "${CALLGRIND_CONNS[@]}"; do
@@ -692,7 +698,7 @@ for c in $CONNS; do
 done
 if [ ${#CALLGRIND_CONNS[@]} -gt 0 ]; then
     echo
-    echo "Per request under \`valgrind --tool=callgrind --cache-sim=yes\` (simulated caches; a fresh process, counters zeroed after a 2 s warm-up, one ${DURATION_S}s wrk run):"
+    echo "Per request under \`valgrind --tool=callgrind --cache-sim=yes\` (simulated caches; a fresh process, counters zeroed after a 2 s warm-up, one ${CG_SECONDS}s wrk run):"
     echo
     echo "| contender | conns | instructions | D1 misses | LL misses |"
     echo "|---|---:|---:|---:|---:|"
