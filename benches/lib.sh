@@ -38,13 +38,7 @@ bench_sidecar_binary() {
         BUILT="$SIDECAR_BIN"
     else
         log "building the release binary"
-        BUILT="$(cd "$ROOT" && timeout 1800 cargo build --release --quiet --bin consistency-sidecar \
-            --message-format=json-render-diagnostics |
-            python3 -c 'import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        print(msg["executable"])')"
+        BUILT="$(bench_build --bin consistency-sidecar)"
     fi
     [ -x "$BUILT" ] || die "no sidecar binary at '$BUILT'"
     BIN="$WORK/consistency-sidecar"
@@ -57,15 +51,21 @@ bench_floor_binary() {
     local built="${FLOOR_BIN:-}"
     if [ -z "$built" ]; then
         log "building the floor proxy (examples/floor_proxy.rs)"
-        built="$(cd "$ROOT" && timeout 1800 cargo build --release --quiet --example floor_proxy \
-            --message-format=json-render-diagnostics |
-            python3 -c 'import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        print(msg["executable"])')"
+        built="$(bench_build --example floor_proxy)"
     fi
     [ -x "$built" ] || die "no floor proxy binary at '$built'"
     FLOOR="$WORK/floor_proxy"
     cp "$built" "$FLOOR"
+}
+
+# bench_build TARGET-ARGS...: a release build of one target (honouring CARGO_TARGET_DIR); prints
+# the executable's path.
+bench_build() {
+    (cd "$ROOT" && timeout 1800 cargo build --release --quiet "$@" \
+        --message-format=json-render-diagnostics |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        print(msg["executable"])')
 }
