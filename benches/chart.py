@@ -21,7 +21,7 @@ COLOURS = {
 SPARE = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#ff7f0e"]
 DASHED = {"floor"}  # the floor is the reference line
 
-PANEL_W, PANEL_H, MARGIN_L, MARGIN_T, MARGIN_B, GAP = 360, 240, 64, 48, 44, 40
+PANEL_W, PANEL_H, MARGIN_L, MARGIN_T, MARGIN_B, GAP = 360, 240, 64, 58, 44, 40
 
 
 def read(path):
