@@ -48,6 +48,24 @@ fn check_config_prints_the_effective_defaults() {
     assert_eq!(config.routes.len(), 3);
 }
 
+/// `check-config | head`: a reader that stops early ends the output quietly, as with any Unix
+/// filter, never with a panic.
+#[test]
+fn check_config_into_a_closed_pipe_exits_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consistency-sidecar"))
+        .arg("check-config")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn check-config");
+    // Closed before the child has loaded its configuration, so its first write meets EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("check-config ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Rules in shadow are named above the configuration, which still reads back as TOML.
 #[test]
 fn check_config_names_the_rules_in_shadow() {

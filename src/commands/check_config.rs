@@ -22,19 +22,21 @@ pub struct CheckConfigArgs {
 pub fn run(args: &CheckConfigArgs) -> ExitCode {
     match config::load(args.config.config.as_deref()).and_then(Settings::compile) {
         Ok(settings) => {
+            let mut out = String::new();
             let shadow = shadow_rules(&settings.config);
             if !shadow.is_empty() {
-                println!(
-                    "# rules in shadow (judged and counted, their fixes never applied): {}",
+                out.push_str(&format!(
+                    "# rules in shadow (judged and counted, their fixes never applied): {}\n",
                     shadow.join(", ")
-                );
+                ));
             }
             let workers = match settings.config.proxy.workers {
                 0 => runtime::default_workers(),
                 n => n,
             };
-            print!("{}", MemoryBudget::of(&settings.config, workers));
-            print!("{}", settings.config.to_toml());
+            out.push_str(&MemoryBudget::of(&settings.config, workers).to_string());
+            out.push_str(&settings.config.to_toml());
+            super::print_stdout(&out);
             ExitCode::SUCCESS
         }
         Err(err) => usage_error(&err),

@@ -41,6 +41,18 @@ pub struct ConfigArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Writes `text` to standard output. A reader that has gone (`check-config | head`) is not an
+/// error, as with any Unix filter; another failure is reported on one line.
+fn print_stdout(text: &str) {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("consistency-sidecar: cannot write output: {err}");
+        }
+        _ => {}
+    }
+}
+
 /// Reports a bad configuration or flag as one line and exits with [`EX_USAGE`].
 fn usage_error(err: &ConfigError) -> ExitCode {
     eprintln!("consistency-sidecar: {err}");

@@ -35,7 +35,7 @@ pub fn run(args: &ReportArgs) -> ExitCode {
     };
     match admin_client::get_text(&url, token.as_deref()) {
         Ok(body) => {
-            print!("{body}");
+            super::print_stdout(&body);
             ExitCode::SUCCESS
         }
         Err(err) => {
