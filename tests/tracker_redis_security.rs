@@ -113,22 +113,25 @@ async fn the_shared_memory_is_reached_over_tls_with_a_ca_of_its_own() {
     // Without the test CA the server's certificate is not trusted: the store stays down.
     let untrusting = config.replace(&format!("redis_ca_file = {ca:?}\n"), "");
     let sidecar = Sidecar::start(&upstream.url(), &untrusting).await;
-    wait_for("a refused TLS handshake to be counted", || async {
-        let scrape = sidecar.metrics().await;
-        (scrape.value(
-            "consistency_tracker_store_errors_total",
-            &[("reason", "connection")],
-        ) > 0.0)
-            .then_some(())
-    })
+    store_down_with(&sidecar, "connection").await;
+}
+
+/// Waits until the store's errors of `reason` are counted, and checks the store is down.
+async fn store_down_with(sidecar: &Sidecar, reason: &str) {
+    wait_for(
+        &format!("store errors of reason {reason} to be counted"),
+        || async {
+            let scrape = sidecar.metrics().await;
+            (scrape.value(
+                "consistency_tracker_store_errors_total",
+                &[("reason", reason)],
+            ) > 0.0)
+                .then_some(())
+        },
+    )
     .await;
-    assert_eq!(
-        sidecar
-            .metrics()
-            .await
-            .value("consistency_tracker_store_up", &[]),
-        0.0
-    );
+    let scrape = sidecar.metrics().await;
+    assert_eq!(scrape.value("consistency_tracker_store_up", &[]), 0.0);
 }
 
 /// Runs one command on `server` as its `default` user.
@@ -172,22 +175,7 @@ async fn after_an_auth_failure_fixed_on_the_server_the_store_recovers_by_itself(
         server.url()
     );
     let sidecar = Sidecar::start(&upstream.url(), &config).await;
-    wait_for("an auth failure to be counted", || async {
-        let scrape = sidecar.metrics().await;
-        (scrape.value(
-            "consistency_tracker_store_errors_total",
-            &[("reason", "auth")],
-        ) > 0.0)
-            .then_some(())
-    })
-    .await;
-    assert_eq!(
-        sidecar
-            .metrics()
-            .await
-            .value("consistency_tracker_store_up", &[]),
-        0.0
-    );
+    store_down_with(&sidecar, "auth").await;
 
     // The README's minimal ACL: the key prefix and the commands the sidecar sends.
     let acl = [
