@@ -9,8 +9,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -18,7 +16,7 @@ use tokio::task::JoinSet;
 use super::connection::Connection;
 use super::deadlines::Limits;
 use super::limit::{ConnectionLimit, Place};
-use crate::settings::Settings;
+use super::protocol::Protocols;
 use crate::stack::Sidecar;
 
 /// What each worker needs to serve client connections; cloned into every worker thread.
@@ -28,7 +26,7 @@ pub(super) struct Worker {
     /// worker has stopped and dropped its own, the port refuses new connections.
     listeners: Arc<Mutex<Vec<std::net::TcpListener>>>,
     sidecar: Arc<Sidecar>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     limits: Limits,
     /// `proxy.max_client_connections`, shared by every worker.
     cap: ConnectionLimit,
@@ -55,7 +53,7 @@ impl Worker {
         Ok(Worker {
             listeners: Arc::new(Mutex::new(listeners)),
             sidecar: sidecar.clone(),
-            builder: Arc::new(connection_builder(&settings)),
+            protocols: Arc::new(Protocols::new(&settings)),
             limits: Limits {
                 idle: proxy.client_idle_timeout,
                 head: proxy.client_header_timeout,
@@ -127,7 +125,7 @@ impl Worker {
 
     fn connection(&self, peer: SocketAddr, place: Place) -> Connection {
         Connection {
-            builder: self.builder.clone(),
+            protocols: self.protocols.clone(),
             sidecar: self.sidecar.clone(),
             counted: self.sidecar.pool.client_connection(),
             place,
@@ -136,30 +134,4 @@ impl Worker {
             stop: self.stop.clone(),
         }
     }
-}
-
-/// hyper's default limit on the number of request header fields.
-const HYPER_MAX_HEADERS: usize = 100;
-
-/// HTTP/1.1 and h2c, with the client-side limits from `[proxy]`.
-fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
-    let proxy = &settings.config.proxy;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // The connection keeps its own head deadline (`super::deadlines`); hyper's would arm a
-        // timer per request.
-        .header_read_timeout(None)
-        .max_buf_size(proxy.max_header_bytes)
-        .preserve_header_case(true);
-    // hyper's own limit is 100 headers, on the stack; any other limit costs a buffer of that
-    // many header slots filled in for every request.
-    if proxy.max_headers != HYPER_MAX_HEADERS {
-        builder.http1().max_headers(proxy.max_headers);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(proxy.max_header_bytes).unwrap_or(u32::MAX));
-    builder
 }

@@ -1,4 +1,5 @@
-//! One client connection's life: served by hyper (HTTP/1.1 or h2c) until it closes, the
+//! One client connection's life: its protocol told by [`super::protocol`], then served by hyper
+//! (HTTP/1.1 or h2c) until it closes, the
 //! worker asks it to finish, it has been idle (no bytes either way) for `idle`, or a request
 //! head takes longer than `head` (see [`super::deadlines`]). A connection asked to finish for
 //! being idle that stays idle for another `idle` (a stalled request body, a response nobody
@@ -8,24 +9,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tower::Service;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
 
 use super::deadlines::{ActivityIo, Answering, Deadlines, Limits, Open, Verdict};
 use super::limit::Place;
+use super::protocol::{self, Protocol, Protocols};
 use crate::proxy::{ClientAddr, ClientConnection, Guarded, ProxyBody, UpstreamPool};
 use crate::stack::{ProxyStack, Sidecar};
 use crate::BoxError;
 
 /// Everything one client connection needs.
 pub(super) struct Connection {
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub protocols: Arc<Protocols>,
     pub sidecar: Arc<Sidecar>,
     /// Counts this client for the upstream pool while it is open.
     pub counted: ClientConnection,
@@ -49,6 +57,24 @@ struct FromClient {
 type Stack = ProxyStack<UpstreamPool>;
 type StackResponse = <Stack as Service<Request<ProxyBody>>>::Response;
 
+/// The client's socket as hyper reads and writes it.
+type ClientIo = TokioIo<ActivityIo<TcpStream>>;
+
+pin_project! {
+    /// The connection served by hyper, in the protocol the client speaks. HTTP/2's state is
+    /// boxed: it is several times HTTP/1's, and only h2c clients should carry it in their task.
+    #[project = ServedProj]
+    enum Served {
+        Http1 {
+            #[pin]
+            connection: http1::UpgradeableConnection<ClientIo, FromClient>,
+        },
+        Http2 {
+            connection: Pin<Box<http2::Connection<ClientIo, FromClient, TokioExecutor>>>,
+        },
+    }
+}
+
 /// The body type inside a response type.
 trait HasBody {
     type Body;
@@ -63,7 +89,7 @@ impl<B> HasBody for Response<B> {
 impl Connection {
     pub(super) async fn serve(self, stream: TcpStream) {
         let Connection {
-            builder,
+            protocols,
             sidecar,
             counted,
             place,
@@ -74,6 +100,25 @@ impl Connection {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
+        if *stop.borrow() {
+            return;
+        }
+        // The first head is due within the header timeout of the accept, the preface with it.
+        let protocol = tokio::select! {
+            sniffed = tokio::time::timeout(limits.head, protocol::sniff(&stream)) => match sniffed {
+                Ok(Ok(protocol)) => protocol,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "client connection ended before its first request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "request head too slow; closing the connection");
+                    return;
+                }
+            },
+            // Nothing was asked yet: stopping closes it.
+            _ = stop.changed() => return,
+        };
         let deadlines = place.deadlines().clone();
         let io = TokioIo::new(ActivityIo::new(stream, deadlines.clone()));
         // Per connection: a reload of proxy.trusted_proxies applies to connections made after it.
@@ -86,12 +131,9 @@ impl Connection {
             client,
             deadlines: deadlines.clone(),
         };
-        let connection = builder.serve_connection_with_upgrades(io, service);
+        let connection = Served::new(&protocols, protocol, io, service);
         tokio::pin!(connection);
-        let mut closing = *stop.borrow();
-        if closing {
-            connection.as_mut().graceful_shutdown();
-        }
+        let mut closing = false;
         // One sleep per connection, renewed when it fires (at least once per header timeout),
         // never per request.
         let mut wake = Instant::now() + limits.head.min(limits.idle);
@@ -148,20 +190,56 @@ impl Connection {
     }
 }
 
+// === impl Served ===
+
+impl Served {
+    fn new(protocols: &Protocols, protocol: Protocol, io: ClientIo, service: FromClient) -> Served {
+        match protocol {
+            Protocol::Http1 => Served::Http1 {
+                connection: protocols
+                    .http1
+                    .serve_connection(io, service)
+                    .with_upgrades(),
+            },
+            Protocol::Http2 => Served::Http2 {
+                connection: Box::pin(protocols.http2.serve_connection(io, service)),
+            },
+        }
+    }
+
+    /// Finishes after the requests in flight, taking no new ones.
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.project() {
+            ServedProj::Http1 { connection } => connection.graceful_shutdown(),
+            ServedProj::Http2 { connection } => connection.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl Future for Served {
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ServedProj::Http1 { connection } => connection.poll(cx),
+            ServedProj::Http2 { connection } => connection.as_mut().poll(cx),
+        }
+    }
+}
+
 // === impl FromClient ===
 
 impl hyper::service::Service<Request<Incoming>> for FromClient {
     type Response = Response<Guarded<<StackResponse as HasBody>::Body, Open>>;
     type Error = <Stack as Service<Request<ProxyBody>>>::Error;
-    type Future = Answering<<Stack as Service<Request<ProxyBody>>>::Future>;
+    type Future = Answering<Oneshot<Stack, Request<ProxyBody>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let open = self.deadlines.request(req.version() == Version::HTTP_2);
         let mut req = req.map(|body| body.map_err(BoxError::from).boxed_unsync());
         req.extensions_mut().insert(self.client.clone());
-        // Every layer of the stack is always ready (none holds back: shedding answers at once),
-        // so a fresh clone is called without waiting on `poll_ready`.
-        let mut app = self.sidecar.app();
-        Answering::new(app.call(req), open)
+        // tower's contract, readiness before the call: `oneshot` drives the fresh clone's
+        // `poll_ready` first, so a layer that holds back (a concurrency limit) works here too.
+        Answering::new(self.sidecar.app().oneshot(req), open)
     }
 }

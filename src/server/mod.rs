@@ -9,6 +9,7 @@ mod admin;
 mod connection;
 mod deadlines;
 mod limit;
+mod protocol;
 mod signals;
 mod upkeep;
 

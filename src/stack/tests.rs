@@ -12,7 +12,7 @@ use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use prometheus_parse::{Sample, Value};
-use tower::{service_fn, ServiceExt};
+use tower::{service_fn, Service, ServiceExt};
 
 use super::*;
 use crate::config::Config;
@@ -127,6 +127,45 @@ fn requests(sidecar: &Sidecar, code: &str, route: &str) -> f64 {
         "consistency_proxy_requests_total",
         &[("code", code), ("method", "GET"), ("route", route)],
     )
+}
+
+/// The stack keeps tower's contract (readiness before the call), so a standard layer that
+/// holds back in `poll_ready` works in front of it, as the connection drives it (`oneshot`).
+#[tokio::test(start_paused = true)]
+async fn tower_concurrency_limit_in_front_of_the_stack_holds_back_until_a_response() {
+    let sidecar = sidecar(|_| {});
+    let seen = Seen::default();
+    let upstream = {
+        let seen = seen.clone();
+        service_fn(move |req: Request<ProxyBody>| {
+            seen.record(&req);
+            async move { Ok::<_, UpstreamError>(ok(full("answered"))) }
+        })
+    };
+    let mut limited = tower::limit::ConcurrencyLimit::new(sidecar.app_with(upstream), 1);
+
+    let first = limited.ready().await.expect("ready").call(get("/a"));
+    // One request is in flight (its future not yet polled): the limit holds the next back.
+    let mut second = limited.clone();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), second.ready())
+            .await
+            .is_err(),
+        "a second request waits for the first"
+    );
+    let answered = first.await.expect("response");
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert_eq!(read(answered.into_body()).await.expect("body"), "answered");
+
+    let again = second
+        .ready()
+        .await
+        .expect("ready once the first answered")
+        .call(get("/b"))
+        .await
+        .expect("response");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(seen.paths(), ["/a", "/b"]);
 }
 
 #[tokio::test(start_paused = true)]
